@@ -1,0 +1,129 @@
+"""The ``exported-program`` artifact: how it is written and read.
+
+Layout of the artifact directory::
+
+    program.pt2          torch.export.save() of the ExportedProgram
+    example_inputs.pt    torch.save() of the tuple of example inputs (weights_only-loadable)
+    model.json           ProgramInfo (below), deterministic JSON
+    <tokenizer file>     for LLMs: the tokenizer copied from the checkpoint
+
+Steps downstream (quantize, lower, coreml, validate) read it with
+:func:`load_program`; steps upstream (export, quantize) write it with
+:func:`save_program`.
+
+Example::
+
+    info = ProgramInfo(kind="module", dtype="fp32")
+    save_program(ctx.out, ep, info, example_inputs=(x,))
+    ep, info, example = load_program(artifact.path)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ProgramInfo", "save_program", "load_program", "PROGRAM_FILE", "INFO_FILE"]
+
+PROGRAM_FILE = "program.pt2"
+INPUTS_FILE = "example_inputs.pt"
+INFO_FILE = "model.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ProgramInfo:
+    """What downstream steps need to know about an exported program.
+
+    - ``kind``: ``"llm"`` (a decoder with the ExecuTorch LLM runner contract) or
+      ``"module"`` (any nn.Module)
+    - ``dynamic_shapes``: per positional input, ``{dim_index: {"name", "min", "max"}}``
+      (JSON keys are strings), or None for static shapes
+    - ``metadata``: runtime metadata methods written into the .pte
+      (``get_bos_id``, ``get_eos_ids``, ``get_max_seq_len``, ``use_kv_cache``, ...)
+    - ``tokenizer``: file name of the tokenizer inside the artifact, if any
+    - ``model_args``: the family's model arguments (for rebuilding the eager model)
+    - ``input_names`` / ``output_names``: names for Core ML and reports
+    - ``quantization``: schemes applied so far, in order (``[]`` if none)
+    - ``source``: provenance carried from the checkpoint (format, synthetic, revision)
+    """
+
+    kind: str
+    dtype: str = "fp32"
+    family: str | None = None
+    max_seq_len: int | None = None
+    max_context_len: int | None = None
+    use_kv_cache: bool = False
+    use_sdpa_with_kv_cache: bool = False
+    enable_dynamic_shape: bool = False
+    dynamic_shapes: list[dict[str, dict[str, Any]] | None] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    input_names: list[str] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+    quantization: list[dict[str, Any]] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "ProgramInfo":
+        data = json.loads(text)
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{INFO_FILE}: format_version {version}, expected {FORMAT_VERSION}")
+        return cls(**data)
+
+    def torch_dynamic_shapes(self):
+        """``dynamic_shapes`` as torch.export expects it (torch.export.Dim objects)."""
+        if self.dynamic_shapes is None:
+            return None
+        from torch.export import Dim
+
+        dims: dict[str, Any] = {}
+        spec = []
+        for arg in self.dynamic_shapes:
+            if arg is None:
+                spec.append(None)
+                continue
+            entry = {}
+            for index, d in arg.items():
+                if d["name"] not in dims:
+                    dims[d["name"]] = Dim(d["name"], min=d["min"], max=d["max"])
+                entry[int(index)] = dims[d["name"]]
+            spec.append(entry)
+        return tuple(spec)
+
+
+def save_program(out: Path, ep, info: ProgramInfo, example_inputs: tuple, tokenizer: Path | None = None) -> None:
+    """Write an exported-program artifact into ``out``."""
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.export.save(ep, out / PROGRAM_FILE)
+    torch.save(tuple(example_inputs), out / INPUTS_FILE)
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, out / tokenizer.name)
+        info.tokenizer = tokenizer.name
+    (out / INFO_FILE).write_text(info.to_json())
+
+
+def load_program(path: Path):
+    """Read an exported-program artifact: ``(ExportedProgram, ProgramInfo, example_inputs)``."""
+    import torch
+
+    info = ProgramInfo.from_json((path / INFO_FILE).read_text())
+    if info.use_sdpa_with_kv_cache or info.quantization:
+        # Programs may hold ExecuTorch custom ops and quantized ops; they must be
+        # registered before the program is deserialized.
+        import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+        import executorch.kernels.quantized  # noqa: F401
+    ep = torch.export.load(path / PROGRAM_FILE)
+    example = torch.load(path / INPUTS_FILE, weights_only=True)
+    return ep, info, tuple(example)

@@ -1,0 +1,273 @@
+"""The step API: everything a step plugin needs, and nothing of the engine.
+
+A step is a class with a ``Params`` model, typed inputs, one output kind and a
+``run(ctx)`` method. It registers under the entry point group
+``modelbuild.steps``; built-in steps register the same way. A step module
+imports only light things at module level (pydantic, the standard library);
+torch, executorch and coremltools are imported inside ``run`` so that the
+core can load, validate and plan without them.
+
+A complete example (a step that upper-cases a text file)::
+
+    from pathlib import Path
+    from modelbuild.step import Step, Params, Input, StepContext
+
+    class Upper(Step):
+        name = "upper"
+        version = 1
+        description = "Upper-case text.txt"
+        inputs = {"text": Input(kinds=("files",))}
+        output = "files"
+
+        class Params(Params):
+            suffix: str = ""
+
+        def run(self, ctx: StepContext) -> None:
+            src = ctx.inputs["text"].file("text.txt").read_text()
+            (ctx.out / "text.txt").write_text(src.upper() + ctx.params.suffix)
+
+    # pyproject.toml of the plugin's package:
+    # [project.entry-points."modelbuild.steps"]
+    # upper = "mypkg.steps:Upper"
+
+The engine computes the action key from the step's name, version, source
+fingerprint, parameters (defaults filled in), input digests, declared source
+files and toolchain versions; it runs ``run`` in a child process with an empty
+``ctx.out``, then stores whatever ``ctx.out`` holds as the artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any, ClassVar, Mapping
+
+from pydantic import BaseModel, ConfigDict
+
+from .artifacts import Artifact
+from .errors import PlatformUnavailable, RecipeError, StepError
+
+__all__ = [
+    "Step",
+    "Params",
+    "Input",
+    "Requirements",
+    "Verdict",
+    "StepContext",
+    "StepError",
+    "PlatformUnavailable",
+    "RecipeError",
+    "host_platform",
+    "unmet_requirement",
+    "write_json",
+]
+
+
+class Params(BaseModel):
+    """Base of every step's parameter model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Input:
+    """An input slot of a step.
+
+    ``kinds`` lists the artifact kinds accepted (``"any"`` accepts all);
+    ``many`` makes the slot a list of artifacts; ``optional`` lets a recipe
+    leave it out.
+    """
+
+    kinds: tuple[str, ...]
+    optional: bool = False
+    many: bool = False
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a step needs of its host.
+
+    ``platforms``: any of ``"linux"``, ``"macos"`` (empty = any);
+    ``tools``: executables that must be on ``PATH``;
+    ``memory_gb``: a rough peak, used for scheduling and warnings.
+    """
+
+    platforms: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
+    memory_gb: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgment of a cached measurement (see ``Step.judge``)."""
+
+    ok: bool
+    reason: str = ""
+    figures: Mapping[str, Any] = field(default_factory=dict)
+    #: "pass" / "fail", or e.g. "needs macOS" for a distinct not-run status.
+    status: str | None = None
+
+
+def host_platform() -> str:
+    """``"macos"``, ``"linux"`` or ``sys.platform``.
+
+    ``MODELBUILD_HOST_PLATFORM`` overrides it, for tests of platform routing.
+    """
+    forced = os.environ.get("MODELBUILD_HOST_PLATFORM")
+    if forced:
+        return forced
+    if sys.platform == "darwin":
+        return "macos"
+    if sys.platform.startswith("linux"):
+        return "linux"
+    return sys.platform
+
+
+def unmet_requirement(req: Requirements) -> str | None:
+    """What this host lacks of ``req`` ("macOS", "xcrun on PATH"), or None."""
+    import shutil
+
+    plat = host_platform()
+    if req.platforms and plat not in req.platforms:
+        names = {"macos": "macOS", "linux": "Linux"}
+        return " or ".join(names.get(p, p) for p in req.platforms)
+    for tool in req.tools:
+        if shutil.which(tool) is None:
+            return f"{tool} on PATH"
+    return None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON deterministically (sorted keys, fixed separators, newline)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+
+
+class StepContext:
+    """What ``Step.run`` gets.
+
+    - ``target``: the target name being built
+    - ``params``: the validated ``Params`` instance
+    - ``inputs``: slot name -> :class:`Artifact` (a list for ``many`` slots)
+    - ``sources``: declared source path (as written) -> absolute ``Path``
+    - ``out``: an empty directory; everything left in it becomes the artifact
+    - ``work``: scratch directory, deleted after the step
+    - ``jobs``: how many threads the step may use
+    - ``project``: the project root (the directory holding ``recipes/``)
+    """
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        params: Params,
+        inputs: Mapping[str, Artifact | list[Artifact]],
+        sources: Mapping[str, Path],
+        out: Path,
+        work: Path,
+        jobs: int,
+        project: Path,
+        progress_stream: IO[str] | None = None,
+    ) -> None:
+        self.target = target
+        self.params = params
+        self.inputs = inputs
+        self.sources = sources
+        self.out = out
+        self.work = work
+        self.jobs = jobs
+        self.project = project
+        self.summary = ""
+        self._progress = progress_stream
+        self._last_progress = 0.0
+
+    def log(self, message: str) -> None:
+        """Write a line to the step's log (kept with the build's records)."""
+        print(message, flush=True)
+
+    def progress(self, done: float | None = None, total: float | None = None, message: str = "") -> None:
+        """Report progress to the live display (rate-limited; cheap to call often)."""
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        finished = done is not None and total is not None and done >= total
+        if now - self._last_progress < 0.2 and not finished:
+            return
+        self._last_progress = now
+        self._progress.write(json.dumps({"done": done, "total": total, "message": message}) + "\n")
+        self._progress.flush()
+
+    def write_json(self, relpath: str, obj: Any) -> Path:
+        """Write ``obj`` as deterministic JSON at ``out/relpath``."""
+        path = self.out / relpath
+        write_json(path, obj)
+        return path
+
+
+class Step:
+    """Base class of step plugins. See the module docstring for an example."""
+
+    #: The name recipes use in ``step = "..."``.
+    name: ClassVar[str] = ""
+    #: Bump when the step's output format changes in a way source edits do not show.
+    version: ClassVar[int] = 1
+    description: ClassVar[str] = ""
+    inputs: ClassVar[dict[str, Input]] = {}
+    output: ClassVar[str] = "files"
+    requires: ClassVar[Requirements] = Requirements()
+    #: Distributions whose installed versions go into the action key.
+    toolchain: ClassVar[tuple[str, ...]] = ()
+    #: Extra modules (dotted names) whose source goes into the step fingerprint,
+    #: e.g. helpers shared by several steps. The step's own module always does.
+    code_modules: ClassVar[tuple[str, ...]] = ()
+    #: Parameters that only judge a cached result (thresholds): they stay out of
+    #: the action key, so changing them re-judges without rerunning.
+    judge_params: ClassVar[frozenset[str]] = frozenset()
+
+    Params: ClassVar[type[Params]] = Params
+
+    def sources(self, params: Params) -> list[str]:
+        """Project-relative files or directories whose *content* enters the key."""
+        return []
+
+    def toolchain_versions(self) -> dict[str, str]:
+        """Versions of the declared toolchain (missing ones as ``"not installed"``)."""
+        versions = {}
+        for dist in self.toolchain:
+            try:
+                versions[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                versions[dist] = "not installed"
+        return versions
+
+    def check(self, params: Params, input_kinds: Mapping[str, str | list[str]]) -> None:
+        """Reject parameter/input combinations before anything runs.
+
+        Raise :class:`RecipeError` with ``key`` set to the parameter name; the
+        engine adds the file and the full key path.
+        """
+
+    def requirements(self, params: Params) -> Requirements:
+        """The host requirements for these params (default: ``requires``)."""
+        return self.requires
+
+    def elsewhere(self, target: str, params: Params) -> str:
+        """The exact command that builds this target on a host that can."""
+        return f"modelbuild build {target}"
+
+    def judge(self, params: Params, artifact: Artifact) -> Verdict | None:
+        """Judge a (possibly cached) output against ``judge_params``; None = no gate.
+
+        Runs in the build process, on hits as well as misses, so it must be cheap
+        and must not import heavy packages.
+        """
+        return None
+
+    def run(self, ctx: StepContext) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
