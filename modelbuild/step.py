@@ -160,6 +160,8 @@ class StepContext:
     - ``work``: scratch directory, deleted after the step
     - ``jobs``: how many threads the step may use
     - ``project``: the project root (the directory holding ``recipes/``)
+    - ``downloads``: a directory that survives across runs, for partial
+      downloads a step can resume (never part of the artifact)
     """
 
     def __init__(
@@ -173,6 +175,7 @@ class StepContext:
         work: Path,
         jobs: int,
         project: Path,
+        downloads: Path | None = None,
         progress_stream: IO[str] | None = None,
     ) -> None:
         self.target = target
@@ -183,6 +186,7 @@ class StepContext:
         self.work = work
         self.jobs = jobs
         self.project = project
+        self.downloads = downloads if downloads is not None else work
         self.summary = ""
         self._progress = progress_stream
         self._last_progress = 0.0
@@ -253,8 +257,14 @@ class Step:
         engine adds the file and the full key path.
         """
 
-    def requirements(self, params: Params) -> Requirements:
-        """The host requirements for these params (default: ``requires``)."""
+    def requirements(self, params: Params, input_kinds: Mapping[str, str | list[str]]) -> Requirements:
+        """The host requirements for these params and inputs (default: ``requires``).
+
+        A requirement that only shows once the step runs (e.g. a .pte whose
+        delegate needs Core ML) is signalled by raising
+        :class:`PlatformUnavailable` from ``run``; the target then gets the
+        distinct "needs ..." status and nothing is cached.
+        """
         return self.requires
 
     def elsewhere(self, target: str, params: Params) -> str:
