@@ -1,0 +1,219 @@
+"""The build graph: resolved targets as a networkx DiGraph, checked before anything runs.
+
+Building the graph validates everything a recipe can get wrong without running
+a step: unknown steps, unknown inputs and input slots, parameters (against
+each step's ``Params`` model), artifact kinds along every edge, and cycles
+(every target in the cycle is named).
+
+Example::
+
+    graph = BuildGraph.build(load_recipes(Path("recipes")), Registry.discover())
+    graph.closure(["tiny-llama"])      # the target and its ancestors, in build order
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+from pydantic import ValidationError
+
+from .artifacts import ANY
+from .errors import RecipeError, closest
+from .plugins import Registry, StepInfo
+from .recipe import Recipes, Target
+from .step import Params, Step
+
+__all__ = ["Node", "BuildGraph"]
+
+
+@dataclass
+class Node:
+    """A target bound to its step plugin, with validated params and resolved input slots."""
+
+    target: Target
+    info: StepInfo
+    step: Step
+    params: Params
+    inputs: dict[str, str | list[str]]  # slot -> producer target name(s)
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def kind(self) -> str:
+        return self.step.output
+
+
+class BuildGraph:
+    """Targets and the edges between them (producer -> consumer)."""
+
+    def __init__(self, recipes: Recipes, nodes: dict[str, Node], dag: nx.DiGraph):
+        self.recipes = recipes
+        self.nodes = nodes
+        self.dag = dag
+
+    @classmethod
+    def build(cls, recipes: Recipes, registry: Registry) -> "BuildGraph":
+        nodes: dict[str, Node] = {}
+        dag = nx.DiGraph()
+        for target in recipes.targets.values():
+            nodes[target.name] = _bind(target, registry)
+            dag.add_node(target.name)
+        for node in nodes.values():
+            _check_inputs(node, nodes, recipes)
+            for producers in node.inputs.values():
+                for producer in producers if isinstance(producers, list) else [producers]:
+                    dag.add_edge(producer, node.name)
+        try:
+            cycle = nx.find_cycle(dag)
+        except nx.NetworkXNoCycle:
+            cycle = None
+        if cycle:
+            names = [edge[0] for edge in cycle]
+            first = nodes[names[0]].target
+            raise RecipeError(
+                "dependency cycle: " + " -> ".join([*names, names[0]]),
+                file=first.file,
+                key=f"{first.key_path}.inputs",
+            )
+        for node in nodes.values():
+            _check_step(node, nodes)
+        return cls(recipes, nodes, dag)
+
+    def resolve_names(self, names: list[str]) -> list[str]:
+        """Check requested target names; an empty list means the default target."""
+        if not names:
+            if self.recipes.default is None:
+                raise RecipeError("no target given and no recipe sets 'default'")
+            return [self.recipes.default]
+        for name in names:
+            if name not in self.nodes:
+                raise RecipeError(f"unknown target '{name}'", suggestion=closest(name, self.nodes))
+        return list(names)
+
+    def closure(self, names: list[str]) -> list[str]:
+        """The requested targets and all their ancestors, in a stable topological order."""
+        wanted: set[str] = set()
+        for name in names:
+            wanted.add(name)
+            wanted |= nx.ancestors(self.dag, name)
+        sub = self.dag.subgraph(wanted)
+        return list(nx.lexicographical_topological_sort(sub))
+
+    def producers(self, name: str) -> list[str]:
+        return sorted(self.dag.predecessors(name))
+
+    def consumers(self, name: str) -> list[str]:
+        return sorted(self.dag.successors(name))
+
+    def descendants(self, name: str) -> set[str]:
+        return nx.descendants(self.dag, name)
+
+
+def _bind(target: Target, registry: Registry) -> Node:
+    if target.step not in registry:
+        raise RecipeError(
+            f"unknown step '{target.step}'",
+            file=target.file,
+            key=f"{target.key_path}.step",
+            suggestion=closest(target.step, registry.names()),
+        )
+    info = registry.get(target.step)
+    step = info.instance()
+    try:
+        params = step.Params.model_validate(target.params)
+    except ValidationError as exc:
+        raise _param_error(exc, target, step) from exc
+    inputs = dict(target.inputs)
+    if "*" in inputs:
+        slots = list(step.inputs)
+        if len(slots) != 1:
+            raise RecipeError(
+                f"step '{step.name}' has input slots {slots}: name them, e.g. inputs = {{ {slots[0] if slots else 'slot'} = \"...\" }}",
+                file=target.file,
+                key=f"{target.key_path}.inputs",
+            )
+        inputs[slots[0]] = inputs.pop("*")
+    return Node(target=target, info=info, step=step, params=params, inputs=inputs)
+
+
+def _param_error(exc: ValidationError, target: Target, step: Step) -> RecipeError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    key = f"{target.key_path}.{loc}" if loc else target.key_path
+    if err["type"] == "extra_forbidden":
+        known = [*step.Params.model_fields, "step", "inputs", "extends", "description"]
+        return RecipeError(
+            f"unknown parameter '{err['loc'][0]}' for step '{step.name}'",
+            file=target.file,
+            key=key,
+            suggestion=closest(str(err["loc"][0]), known),
+        )
+    got = err.get("input")
+    detail = err["msg"]
+    if got is not None and err["type"] != "missing":
+        detail += f" (got {got!r})"
+    return RecipeError(detail, file=target.file, key=key)
+
+
+def _check_inputs(node: Node, nodes: dict[str, Node], recipes: Recipes) -> None:
+    target, step = node.target, node.step
+    wildcard = step.inputs.get("*")
+    for slot, producers in node.inputs.items():
+        key = f"{target.key_path}.inputs.{slot}"
+        spec = step.inputs.get(slot, wildcard)
+        if spec is None:
+            raise RecipeError(
+                f"step '{step.name}' has no input slot '{slot}' (its slots: {', '.join(step.inputs) or 'none'})",
+                file=target.file,
+                key=key,
+                suggestion=closest(slot, step.inputs),
+            )
+        names = producers if isinstance(producers, list) else [producers]
+        if isinstance(producers, list) and not spec.many:
+            raise RecipeError(f"slot '{slot}' takes one target, got a list", file=target.file, key=key)
+        for producer in names:
+            if producer not in nodes:
+                raise RecipeError(
+                    f"unknown input target '{producer}'",
+                    file=target.file,
+                    key=key,
+                    suggestion=closest(producer, nodes),
+                )
+            kind = nodes[producer].kind
+            if ANY not in spec.kinds and kind not in spec.kinds:
+                raise RecipeError(
+                    f"{step.name} needs {' or '.join(spec.kinds)} for '{slot}' but '{producer}' "
+                    f"({nodes[producer].step.name}) produces {kind}",
+                    file=target.file,
+                    key=key,
+                )
+    for slot, spec in step.inputs.items():
+        if slot != "*" and not spec.optional and slot not in node.inputs:
+            raise RecipeError(
+                f"step '{step.name}' needs input '{slot}' ({' or '.join(spec.kinds)})",
+                file=target.file,
+                key=f"{target.key_path}.inputs",
+            )
+
+
+def input_kinds(node: Node, nodes: dict[str, Node]) -> dict[str, Any]:
+    """Slot -> producer kind (a list for many-slots), as Step.check and requirements see it."""
+    kinds: dict[str, Any] = {}
+    for slot, producers in node.inputs.items():
+        if isinstance(producers, list):
+            kinds[slot] = [nodes[p].kind for p in producers]
+        else:
+            kinds[slot] = nodes[producers].kind
+    return kinds
+
+
+def _check_step(node: Node, nodes: dict[str, Node]) -> None:
+    try:
+        node.step.check(node.params, input_kinds(node, nodes))
+    except RecipeError as exc:
+        key = node.target.key_path + (f".{exc.key}" if exc.key else "")
+        raise RecipeError(exc.message, file=node.target.file, key=key, suggestion=exc.suggestion) from exc

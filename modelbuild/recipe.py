@@ -1,0 +1,268 @@
+"""Loading recipes: TOML files -> validated, resolved :class:`Target` values.
+
+A recipe file holds an optional ``default`` target name, optional ``[vars]``
+and ``[targets.NAME]`` tables. In a target, ``step``, ``inputs``,
+``extends`` and ``description`` are reserved; every other key is a parameter
+of the step (checked later against the step's ``Params`` model, see graph.py).
+
+Resolution order: parse every file, apply ``--set`` overrides, substitute
+``${var}`` references, then resolve ``extends`` chains.
+
+Example::
+
+    >>> import pathlib, tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "a.toml").write_text('[targets.hello]\\nstep = "command"\\ncommand = "true"\\n')
+    >>> recipes = load_recipes(d)
+    >>> recipes.targets["hello"].params
+    {'command': 'true'}
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import RecipeError, closest
+
+__all__ = ["Target", "Recipes", "load_recipes", "parse_override", "RESERVED_KEYS"]
+
+RESERVED_KEYS = ("step", "inputs", "extends", "description")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _TargetTable(BaseModel):
+    """The reserved keys of a target table; everything else passes as params."""
+
+    model_config = ConfigDict(extra="allow")
+    step: str | None = None
+    inputs: dict[str, str | list[str]] | str | None = None
+    extends: str | None = None
+    description: str | None = None
+
+
+class _RecipeFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    default: str | None = None
+    vars: dict[str, Any] = Field(default_factory=dict)
+    targets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved target: which step, fed by which targets, with which params."""
+
+    name: str
+    step: str
+    inputs: dict[str, str | list[str]]
+    params: dict[str, Any]
+    description: str
+    file: str  # the recipe file, relative to the project root when possible
+
+    @property
+    def key_path(self) -> str:
+        return f"targets.{self.name}"
+
+    def input_names(self) -> list[str]:
+        names: list[str] = []
+        for value in self.inputs.values():
+            names.extend(value if isinstance(value, list) else [value])
+        return names
+
+
+@dataclass
+class Recipes:
+    """Every target of a project, plus where each came from."""
+
+    root: Path
+    targets: dict[str, Target] = field(default_factory=dict)
+    default: str | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"targets.x.group_size=64"`` -> (["targets", "x", "group_size"], 64).
+
+    The value is read as a TOML value when it parses as one, else as a string.
+
+    >>> parse_override("vars.name=tiny")
+    (['vars', 'name'], 'tiny')
+    >>> parse_override("targets.q.group_size=64")
+    (['targets', 'q', 'group_size'], 64)
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {text!r}: expected KEY=VALUE, e.g. targets.NAME.param=VALUE")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    parts = key.strip().split(".")
+    if parts[0] not in ("vars", "targets") or (parts[0] == "targets" and len(parts) < 3) or len(parts) < 2:
+        raise RecipeError(f"--set {text!r}: the key must be vars.NAME or targets.NAME.KEY")
+    return parts, value
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _read_file(path: Path, root: Path) -> _RecipeFile:
+    shown = _relative(path, root)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe: {exc.strerror or exc}", file=shown) from exc
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"recipe is not UTF-8 text ({exc.reason})", file=shown) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"invalid TOML: {exc}", file=shown) from exc
+    try:
+        return _RecipeFile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        suggestion = closest(str(err["loc"][0]), ["default", "vars", "targets"]) if err["type"] == "extra_forbidden" else None
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise RecipeError(message, file=shown, key=loc, suggestion=suggestion) from exc
+
+
+def _substitute(value: Any, variables: dict[str, Any], file: str, key: str) -> Any:
+    if isinstance(value, str):
+        whole = _VAR.fullmatch(value)
+        if whole:
+            return _lookup(whole.group(1), variables, file, key)
+        return _VAR.sub(lambda m: str(_lookup(m.group(1), variables, file, key)), value)
+    if isinstance(value, list):
+        return [_substitute(v, variables, file, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables, file, f"{key}.{k}") for k, v in value.items()}
+    return value
+
+
+def _lookup(name: str, variables: dict[str, Any], file: str, key: str) -> Any:
+    if name not in variables:
+        raise RecipeError(f"unknown variable '${{{name}}}'", file=file, key=key, suggestion=closest(name, variables))
+    return variables[name]
+
+
+def load_recipes(
+    recipes_dir: Path,
+    overrides: list[str] | None = None,
+    root: Path | None = None,
+) -> Recipes:
+    """Load and resolve every ``*.toml`` under ``recipes_dir`` (sorted, recursive)."""
+    recipes_dir = Path(recipes_dir)
+    root = Path(root) if root is not None else recipes_dir.parent
+    if not recipes_dir.is_dir():
+        raise RecipeError(f"no recipes directory at {recipes_dir} (use --project or --recipes)")
+    files = sorted(recipes_dir.rglob("*.toml"))
+    parsed: list[tuple[str, _RecipeFile]] = [(_relative(p, root), _read_file(p, root)) for p in files]
+
+    variables: dict[str, Any] = {}
+    var_origin: dict[str, str] = {}
+    raw: dict[str, tuple[str, dict[str, Any]]] = {}
+    default: tuple[str, str] | None = None
+    for shown, rf in parsed:
+        for name, value in rf.vars.items():
+            if name in variables and variables[name] != value:
+                raise RecipeError(
+                    f"variable '{name}' is also defined differently in {var_origin[name]}", file=shown, key=f"vars.{name}"
+                )
+            variables[name] = value
+            var_origin[name] = shown
+        for name, table in rf.targets.items():
+            if not _NAME.match(name):
+                raise RecipeError(
+                    "target names use letters, digits, '-', '_' and '.'", file=shown, key=f"targets.{name}"
+                )
+            if name in raw:
+                raise RecipeError(
+                    f"duplicate target '{name}' (first defined in {raw[name][0]})", file=shown, key=f"targets.{name}"
+                )
+            raw[name] = (shown, copy.deepcopy(table))
+        if rf.default is not None:
+            if default is not None:
+                raise RecipeError(f"a default target is already set in {default[0]}", file=shown, key="default")
+            default = (shown, rf.default)
+
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        if parts[0] == "vars":
+            variables[".".join(parts[1:])] = value
+            continue
+        name = parts[1]
+        if name not in raw:
+            raise RecipeError(f"--set {text!r}: unknown target '{name}'", suggestion=closest(name, raw))
+        node = raw[name][1]
+        for part in parts[2:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {text!r}: '{part}' is not a table")
+        node[parts[-1]] = value
+
+    tables: dict[str, tuple[str, _TargetTable]] = {}
+    for name, (shown, table) in raw.items():
+        table = _substitute(table, variables, shown, f"targets.{name}")
+        try:
+            tables[name] = (shown, _TargetTable.model_validate(table))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise RecipeError(err["msg"], file=shown, key=f"targets.{name}.{loc}") from exc
+
+    result = Recipes(root=root, files=files)
+    for name in tables:
+        result.targets[name] = _resolve(name, tables, [])
+    if default is not None:
+        if default[1] not in result.targets:
+            raise RecipeError(
+                f"default target '{default[1]}' is not defined",
+                file=default[0],
+                key="default",
+                suggestion=closest(default[1], result.targets),
+            )
+        result.default = default[1]
+    return result
+
+
+def _resolve(name: str, tables: dict[str, tuple[str, _TargetTable]], chain: list[str]) -> Target:
+    shown, table = tables[name]
+    key = f"targets.{name}"
+    params = dict(table.model_extra or {})
+    inputs: dict[str, str | list[str]] = {}
+    step = table.step
+    description = table.description
+    if table.extends is not None:
+        if table.extends in chain or table.extends == name:
+            cycle = " -> ".join([*chain, name, table.extends])
+            raise RecipeError(f"'extends' forms a cycle: {cycle}", file=shown, key=f"{key}.extends")
+        if table.extends not in tables:
+            raise RecipeError(
+                f"extends unknown target '{table.extends}'",
+                file=shown,
+                key=f"{key}.extends",
+                suggestion=closest(table.extends, tables),
+            )
+        base = _resolve(table.extends, tables, [*chain, name])
+        step = step or base.step
+        inputs = dict(base.inputs)
+        params = {**base.params, **params}
+        description = description if description is not None else base.description
+    if isinstance(table.inputs, str):
+        inputs["*"] = table.inputs  # shorthand for a step's only input slot; graph.py resolves it
+    elif table.inputs:
+        inputs.update(table.inputs)
+    if not step:
+        raise RecipeError("missing 'step' (the step plugin that builds this target)", file=shown, key=f"{key}.step")
+    return Target(name=name, step=step, inputs=inputs, params=params, description=description or "", file=shown)

@@ -1,0 +1,86 @@
+"""Faults: kill -9 of the tool mid-step, two builders on one cache."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import run_cli
+
+
+def _spawn(project, *args):
+    env = {**os.environ}
+    env.pop("MODELBUILD_CACHE_DIR", None)
+    return subprocess.Popen([sys.executable, "-m", "modelbuild.cli", "build", "-q", *args], cwd=project.root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_kill_minus_9_mid_step_leaves_cache_consistent(project):
+    project.recipe("""
+        [targets.slow]
+        step = "command"
+        command = "echo half > $MODELBUILD_OUT/out.txt; touch {project}/started; sleep 30; echo done >> $MODELBUILD_OUT/out.txt"
+        outs = ["out.txt"]
+    """)
+    proc = _spawn(project, "slow")
+    assert _wait_for(project.root / "started")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    time.sleep(0.5)
+    # The step died with the tool: nothing is still running the command.
+    ps = subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True, text=True)
+    assert ps.stdout.strip() == "" or all(not _is_ours(pid, project) for pid in ps.stdout.split())
+    assert not (project.out / "slow").exists()
+    (project.root / "started").unlink()
+    project.recipe("""
+        [targets.slow]
+        step = "command"
+        command = "echo half > $MODELBUILD_OUT/out.txt; echo done >> $MODELBUILD_OUT/out.txt"
+        outs = ["out.txt"]
+    """)
+    result = project.build("slow")
+    assert result.targets["slow"].status == "built"
+    assert (project.out / "slow" / "out.txt").read_text() == "half\ndone\n"
+
+
+def _is_ours(pid: str, project) -> bool:
+    try:
+        return str(project.root) in open(f"/proc/{pid}/environ").read() or str(project.root) in os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+
+
+def test_two_builders_run_a_step_once(project):
+    project.recipe("""
+        [targets.once]
+        step = "command"
+        command = "echo run >> {project}/runs.log; sleep 2; echo x > $MODELBUILD_OUT/x"
+    """)
+    first, second = _spawn(project, "once"), _spawn(project, "once")
+    out1, err1 = first.communicate(timeout=120)
+    out2, err2 = second.communicate(timeout=120)
+    assert first.returncode == 0, err1
+    assert second.returncode == 0, err2
+    assert (project.root / "runs.log").read_text() == "run\n"
+    assert (project.out / "once" / "x").read_text() == "x\n"
+
+
+def test_recipe_error_is_one_line_and_exit_1(project):
+    project.recipe("[targets.x]\nstep = 'exprot'\n")
+    proc = run_cli("build", "x", cwd=project.root)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["error: recipes/main.toml: targets.x.step: unknown step 'exprot' (did you mean 'export'?)"]
+    assert not (project.out).exists()
