@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="where targets are materialized (default: <project>/out)")
     p.add_argument("--require-validation", action="store_true",
                    help="treat 'not validated here' (e.g. needs macOS) as a failure")
+    p.add_argument("--full-check", action="store_true",
+                   help="skip the no-op fast path: recompute every action key")
 
     p = sub.add_parser("plan", help="dry run: each step, hit or miss, and why")
     _common(p)
@@ -119,7 +121,7 @@ def _cmd_build(args) -> int:
 
     options = dict(targets=args.targets, overrides=args.overrides, out_dir=args.out_dir,
                    require_validation=args.require_validation)
-    if not (args.json or args.report):
+    if not (args.json or args.report or args.full_check):
         quick = try_noop(project=args.project, recipes=args.recipes, cache_dir=args.cache_dir, options=options)
         if quick is not None:
             if not args.quiet:

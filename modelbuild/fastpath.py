@@ -27,11 +27,11 @@ back to the full build, which is always correct.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,10 @@ def _locate(project: str | None, recipes: str | None, cache_dir: str | None) -> 
 
 
 def _state_path(cache: Path, identity: dict[str, Any]) -> Path:
-    digest = hashlib.blake2b(json.dumps(identity, sort_keys=True).encode(), digest_size=12).hexdigest()
-    return cache / "noop" / f"{digest}.json"
+    # Only names the state file (the full identity is stored and compared);
+    # zlib avoids loading OpenSSL's hashlib on the fast path.
+    digest = zlib.crc32(json.dumps(identity, sort_keys=True).encode())
+    return cache / "noop" / f"{digest:08x}.json"
 
 
 def _identity(root: Path, recipes_dir: Path, cache: Path, options: dict[str, Any]) -> dict[str, Any]:
