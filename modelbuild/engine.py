@@ -206,6 +206,8 @@ class Engine:
         if previous is None or "record" not in previous:
             return ["new target"]
         if previous.get("key") == key:
+            if previous.get("status") == FAILED:
+                return ["retrying: the last attempt with these inputs failed"]
             return ["output missing: the cache no longer holds this result"]
         return diff_records(previous["record"], record) or ["key changed"]
 
@@ -270,17 +272,43 @@ class Engine:
         return sorted(files)
 
     def _build_one(self, node: Node, upstream: dict[str, TargetResult]) -> TargetResult:
+        result, prepared = self._attempt(node, upstream)
+        entry: dict[str, Any] = {
+            "status": result.status,
+            "reason": result.reason,
+            "reasons": result.reasons,
+            "duration_s": result.duration_s,
+            "summary": result.summary,
+            "log": str(result.log) if result.log else None,
+            "digest": result.digest,
+            "verdict": result.verdict,
+            "command": result.command,
+            "when": time.time(),
+        }
+        if prepared is not None:
+            entry.update(key=prepared.key, record=prepared.record)
+        else:
+            # Not even keyed this time (skipped, unavailable): keep the last key
+            # so the next real build still explains what changed since then.
+            previous = self.history.load(node.name) or {}
+            entry.update(key=previous.get("key"), record=previous.get("record"))
+            if entry["record"] is None:
+                del entry["record"]
+        self.history.save(node.name, entry)
+        return result
+
+    def _attempt(self, node: Node, upstream: dict[str, TargetResult]) -> tuple[TargetResult, Prepared | None]:
         name, step = node.name, node.step
         for producer, res in upstream.items():
             if not res.ok:
                 what = {FAILED: "failed", UNAVAILABLE: f"is unavailable here ({res.reason})", SKIPPED: "was skipped"}[res.status]
                 if res.status == FAILED or (res.status == SKIPPED and "failed" in res.reason):
                     what = "failed"
-                return TargetResult(name, step.name, SKIPPED, f"input {producer} {what}")
+                return TargetResult(name, step.name, SKIPPED, f"input {producer} {what}"), None
         kinds = input_kinds(node, self.graph.nodes)
         unmet = unmet_requirement(step.requirements(node.params, kinds))
         if unmet:
-            return self._unavailable(node, unmet, step.elsewhere(name, node.params))
+            return self._unavailable(node, unmet, step.elsewhere(name, node.params)), None
         self._emit(Event("start", name, step.name))
         digests: dict[str, str | list[str]] = {}
         for slot, producers in node.inputs.items():
@@ -291,7 +319,7 @@ class Engine:
         try:
             prepared = self.prepare(node, digests)
         except _InputMissing as exc:
-            return TargetResult(name, step.name, FAILED, str(exc))
+            return TargetResult(name, step.name, FAILED, str(exc)), None
         with self.store.lock(prepared.key):
             # Another builder may have finished this key while we waited for the lock.
             if prepared.hit is None:
@@ -301,23 +329,7 @@ class Engine:
             result = self._realize(node, upstream, prepared)
         if result.ok:
             self._judge(node, result)
-        self.history.save(
-            name,
-            {
-                "key": prepared.key,
-                "record": prepared.record,
-                "status": result.status,
-                "reason": result.reason,
-                "reasons": result.reasons,
-                "duration_s": result.duration_s,
-                "summary": result.summary,
-                "log": str(result.log) if result.log else None,
-                "digest": result.digest,
-                "verdict": result.verdict,
-                "when": time.time(),
-            },
-        )
-        return result
+        return result, prepared
 
     def _realize(self, node: Node, upstream: dict[str, TargetResult], prepared: Prepared) -> TargetResult:
         name, step = node.name, node.step
