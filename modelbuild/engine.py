@@ -190,8 +190,11 @@ class Engine:
             toolchain=self.toolchain(node),
         )
         key = action_key(record)
-        hit = self.store.get_action(key)
         reasons: list[str] = []
+        try:
+            hit = self.store.get_action(key)
+        except CacheCorrupt as exc:
+            hit, reasons = None, [f"cache entry corrupt: {exc}"]
         if hit is not None:
             problems = self.store.missing_or_corrupt(hit.manifest)
             if problems:
@@ -323,7 +326,10 @@ class Engine:
         with self.store.lock(prepared.key):
             # Another builder may have finished this key while we waited for the lock.
             if prepared.hit is None:
-                again = self.store.get_action(prepared.key)
+                try:
+                    again = self.store.get_action(prepared.key)
+                except CacheCorrupt:
+                    again = None
                 if again is not None and not self.store.missing_or_corrupt(again.manifest):
                     prepared = Prepared(prepared.key, prepared.record, again, prepared.reasons)
             result = self._realize(node, upstream, prepared)

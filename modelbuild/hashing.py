@@ -1,0 +1,344 @@
+"""Content hashing: BLAKE3 digests of bytes, files and directory trees.
+
+Digests are strings ``"b3:<64 hex>"``. A directory tree hashes as a
+:class:`Manifest`: the sorted list of its files with their relative path,
+executable bit, size and content digest; the manifest's digest is the hash of
+a canonical JSON form of that list. Empty directories are not recorded (as in
+git): an artifact is the set of its files.
+
+A :class:`StatCache` remembers a file's digest against its stat signature so a
+no-op build costs a stat and a database read per file instead of a re-hash.
+
+Example::
+
+    >>> hash_bytes(b"")
+    'b3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262'
+    >>> m = Manifest([Entry("b.txt", False, hash_bytes(b"b"), 1),
+    ...               Entry("a.txt", False, hash_bytes(b"a"), 1)])
+    >>> [e.path for e in m.entries]
+    ['a.txt', 'b.txt']
+    >>> Manifest.from_json(m.to_json()) == m
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat as statmod
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import blake3
+
+from .errors import StoreError
+
+if TYPE_CHECKING:  # diskcache is imported lazily; a StatCache may open its own
+    import diskcache
+
+__all__ = [
+    "PREFIX",
+    "hash_bytes",
+    "hash_file",
+    "Entry",
+    "Manifest",
+    "StatCache",
+    "manifest_of",
+    "digest_path",
+    "RACY_MARGIN_NS",
+]
+
+#: Every digest starts with the algorithm's name, so a later change of
+#: algorithm can never be mistaken for a content change.
+PREFIX = "b3:"
+
+#: Files at least this big are hashed through mmap on all cores; below it a
+#: plain read on one thread is faster (no mapping or thread start-up cost).
+MMAP_THRESHOLD = 1 << 20
+
+#: Chunk size of the read fallback when a file cannot be memory-mapped.
+READ_CHUNK = 16 << 20
+
+#: The racy-file margin. A record whose file's mtime is within this much of
+#: the moment hashing started may hide a later write that landed in the same
+#: timestamp granule, so such files are hashed again. 2 s covers the coarsest
+#: timestamps in common use (FAT: 2 s; ext3, HFS+: 1 s; ext4/XFS/btrfs stamp
+#: with the kernel's coarse clock, a few ms) plus small NFS clock skew. The cost
+#: is one extra hash of a file written less than 2 s before it was recorded.
+RACY_MARGIN_NS = 2_000_000_000
+
+#: Version of the manifest's canonical form; part of every manifest digest.
+MANIFEST_FORMAT = 1
+
+#: Version of a stat record; a record of another version is ignored (re-hash).
+STAT_FORMAT = 1
+
+
+def hash_bytes(data: bytes) -> str:
+    """BLAKE3 digest of ``data`` as ``"b3:<64 hex>"``."""
+    return PREFIX + blake3.blake3(data).hexdigest()
+
+
+def hash_file(path: Path) -> str:
+    """BLAKE3 digest of a file's content.
+
+    Large files are memory-mapped and hashed on all cores (BLAKE3's tree
+    mode), so the page cache and the disk are the limit, not one core.
+    Raises :class:`StoreError` naming the path if it cannot be read.
+    """
+    try:
+        size = os.stat(path).st_size
+        if size < MMAP_THRESHOLD:
+            with open(path, "rb") as f:
+                return PREFIX + blake3.blake3(f.read()).hexdigest()
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        try:
+            hasher.update_mmap(os.fspath(path))
+        except OSError:
+            # Some filesystems (FUSE, procfs-like) refuse mmap: read in chunks.
+            hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            with open(path, "rb") as f:
+                while chunk := f.read(READ_CHUNK):
+                    hasher.update(chunk)
+        return PREFIX + hasher.hexdigest()
+    except OSError as err:
+        raise StoreError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def _check_rel_path(path: str) -> None:
+    parts = path.split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"not a normalized relative posix path: {path!r}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of a manifest: posix path relative to the tree's root."""
+
+    path: str
+    executable: bool
+    digest: str
+    size: int
+
+    def __post_init__(self) -> None:
+        _check_rel_path(self.path)
+        if not self.digest.startswith(PREFIX):
+            raise ValueError(f"{self.path}: digest {self.digest!r} is not a {PREFIX} digest")
+        if self.size < 0:
+            raise ValueError(f"{self.path}: negative size")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The files of a directory tree, sorted by path; a frozen value.
+
+    ``Manifest(entries)`` accepts entries in any order and sorts them, so two
+    listings of the same tree are equal and have the same :attr:`digest`.
+    """
+
+    entries: tuple[Entry, ...]
+
+    def __init__(self, entries: Iterable[Entry] = ()) -> None:
+        ordered = tuple(sorted(entries, key=lambda e: e.path))
+        for a, b in zip(ordered, ordered[1:]):
+            if a.path == b.path:
+                raise ValueError(f"duplicate path in manifest: {a.path}")
+        # A path that is both a file and a directory cannot be materialized.
+        files = {e.path for e in ordered}
+        for e in ordered:
+            head = e.path.rpartition("/")[0]
+            while head:
+                if head in files:
+                    raise ValueError(f"{head} is both a file and a directory in the manifest")
+                head = head.rpartition("/")[0]
+        object.__setattr__(self, "entries", ordered)
+
+    def canonical(self) -> bytes:
+        """The exact bytes :attr:`digest` hashes (versioned, compact, sorted)."""
+        rows = [[e.path, "x" if e.executable else "-", e.size, e.digest] for e in self.entries]
+        doc = {"entries": rows, "manifest": MANIFEST_FORMAT}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+    @cached_property
+    def digest(self) -> str:
+        """Digest of the whole tree: hash of :meth:`canonical`."""
+        return hash_bytes(self.canonical())
+
+    @property
+    def size(self) -> int:
+        """Total bytes of all files."""
+        return sum(e.size for e in self.entries)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_json` reads it back."""
+        return {
+            "format": MANIFEST_FORMAT,
+            "entries": [
+                {"path": e.path, "executable": e.executable, "digest": e.digest, "size": e.size}
+                for e in self.entries
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Manifest":
+        """Inverse of :meth:`to_json`; raises ValueError on anything malformed."""
+        if not isinstance(d, dict) or d.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"unsupported manifest format: {d.get('format') if isinstance(d, dict) else d!r}")
+        try:
+            return cls(
+                Entry(str(e["path"]), bool(e["executable"]), str(e["digest"]), int(e["size"]))
+                for e in d["entries"]
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed manifest: {err}") from err
+
+
+def _signature(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class StatCache:
+    """File digests remembered against (dev, ino, size, mtime_ns, ctime_ns).
+
+    Records are keyed by (device, inode), so every hard link of a file (a blob
+    and its materialized copies in ``out/``) shares one record. A record is
+    trusted only if the whole signature matches and the file is not *racy*:
+    its mtime is older than the moment hashing started minus
+    :data:`RACY_MARGIN_NS`. A racy file is hashed again (and re-recorded, so
+    it stops being racy once it is old enough).
+
+    ``cache`` is a ``diskcache.Cache`` (the store passes its own, so the stat
+    cache shares the store's SQLite database) or a directory path, for which a
+    Cache is opened with eviction off. Values are JSON text.
+
+    Example::
+
+        sc = StatCache(tmp_path / "stat")
+        d = sc.digest(Path("model.bin"))   # hashes
+        d = sc.digest(Path("model.bin"))   # one stat + one read (if not racy)
+    """
+
+    KEY_PREFIX = "stat:"
+
+    def __init__(self, cache: "diskcache.Cache | Path | str", margin_ns: int = RACY_MARGIN_NS):
+        if isinstance(cache, (str, os.PathLike)):
+            import diskcache
+
+            cache = diskcache.Cache(os.fspath(cache), eviction_policy="none", statistics=False)
+        self.cache = cache
+        self.margin_ns = margin_ns
+
+    def _key(self, st: os.stat_result) -> str:
+        return f"{self.KEY_PREFIX}{st.st_dev}:{st.st_ino}"
+
+    def lookup(self, st: os.stat_result) -> str | None:
+        """The remembered digest if the record matches ``st`` and is not racy."""
+        raw = self.cache.get(self._key(st))
+        if raw is None:
+            return None
+        try:
+            rec = json.loads(raw)
+            if rec.get("v") != STAT_FORMAT:
+                return None
+            sig, recorded_ns, digest = rec["sig"], rec["t"], rec["digest"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if sig != _signature(st):
+            return None
+        if st.st_mtime_ns >= recorded_ns - self.margin_ns:
+            return None  # racy: a same-granule write after hashing would be invisible
+        return digest
+
+    def remember(self, st: os.stat_result, digest: str, recorded_ns: int | None = None) -> None:
+        """Record ``digest`` for the file whose stat is ``st``.
+
+        ``recorded_ns`` must be a time taken *before* the content was read
+        (default: now, right for a file whose content is known not to have
+        changed since ``st``, e.g. a blob with a fixed mtime).
+        """
+        rec = {"v": STAT_FORMAT, "sig": _signature(st), "t": time.time_ns() if recorded_ns is None else recorded_ns,
+               "digest": digest}
+        self.cache.set(self._key(st), json.dumps(rec, separators=(",", ":")))
+
+    def forget(self, st: os.stat_result) -> None:
+        """Drop any record for this file's inode."""
+        self.cache.delete(self._key(st))
+
+    def digest(self, path: Path) -> str:
+        """Digest of the file at ``path``, re-hashed only when needed."""
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            raise StoreError(f"cannot read {path}: {err.strerror or err}") from err
+        found = self.lookup(st)
+        if found is not None:
+            return found
+        started = time.time_ns()
+        digest = hash_file(path)
+        try:
+            after = os.stat(path)
+        except OSError as err:
+            raise StoreError(f"cannot read {path}: {err.strerror or err}") from err
+        # Only remember a digest if the file did not visibly change while hashed.
+        if _signature(after) == _signature(st):
+            self.remember(st, digest, recorded_ns=started)
+        return digest
+
+
+def _walk(root: Path, rel: str = "") -> Iterable[tuple[str, os.DirEntry]]:
+    try:
+        with os.scandir(root / rel if rel else root) as it:
+            items = sorted(it, key=lambda d: d.name)
+    except OSError as err:
+        raise StoreError(f"cannot list {root / rel}: {err.strerror or err}") from err
+    for item in items:
+        path = f"{rel}/{item.name}" if rel else item.name
+        if item.is_symlink():
+            raise StoreError(f"{root / path}: symbolic links are not allowed in an artifact")
+        if item.is_dir(follow_symlinks=False):
+            yield from _walk(root, path)
+        elif item.is_file(follow_symlinks=False):
+            yield path, item
+        else:
+            raise StoreError(f"{root / path}: special files (fifo, socket, device) are not allowed in an artifact")
+
+
+def iter_files(root: Path) -> Iterable[tuple[str, os.DirEntry]]:
+    """Yield ``(relative posix path, DirEntry)`` of every regular file under
+    ``root``; raises :class:`StoreError` naming a symlink or special file."""
+    return _walk(Path(root))
+
+
+def manifest_of(root: Path, stat_cache: StatCache | None = None) -> Manifest:
+    """The manifest of the directory tree at ``root``.
+
+    Symlinks and special files are refused with a :class:`StoreError` naming
+    the path: an artifact must be self-contained regular files.
+    """
+    entries = []
+    for rel, item in iter_files(Path(root)):
+        st = item.stat(follow_symlinks=False)
+        full = Path(item.path)
+        digest = stat_cache.digest(full) if stat_cache else hash_file(full)
+        entries.append(Entry(rel, bool(st.st_mode & statmod.S_IXUSR), digest, st.st_size))
+    return Manifest(entries)
+
+
+def digest_path(path: Path, stat_cache: StatCache | None = None) -> str:
+    """A file's content digest, or a directory's manifest digest."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except OSError as err:
+        raise StoreError(f"cannot read {path}: {err.strerror or err}") from err
+    if statmod.S_ISDIR(st.st_mode):
+        return manifest_of(path, stat_cache).digest
+    if statmod.S_ISLNK(st.st_mode):
+        # A source named in a recipe may be a link; what counts is its content.
+        path = path.resolve()
+        if path.is_dir():
+            return manifest_of(path, stat_cache).digest
+    return stat_cache.digest(path) if stat_cache else hash_file(path)

@@ -1,0 +1,313 @@
+"""Materialization: turning a manifest of blobs into a directory ``out/<target>/``.
+
+The tree is built beside the destination and swapped in atomically (Linux
+``renameat2(RENAME_EXCHANGE)``; two renames elsewhere), so a reader never sees
+a half-written output. Each file is placed by the cheapest safe method:
+
+- ``reflink``: a copy-on-write clone (btrfs, XFS, APFS-like filesystems); edits
+  to the output cannot reach the store.
+- ``hardlink``: the blob's own inode. Blobs are read-only, so an edit fails
+  instead of corrupting the store (root can still force one; the stat check
+  below then reports the blob as corrupt).
+- ``copy``: the last resort (another filesystem, link limits).
+
+Every blob is verified against its digest through the stat cache first, and a
+corrupt or missing blob raises :class:`~modelbuild.errors.CacheCorrupt` naming
+it. Linking and unlinking change a blob's ctime; because that is our own
+doing, the stat records of blobs verified just before are carried over
+(see :class:`CtimeGuard`), so the next restore does not re-hash them.
+
+Example::
+
+    method = materialize(manifest, project / "out" / "tiny",
+                         blob_path=store.blob_path, stat_cache=store.stat_cache,
+                         lock_dir=store.locks)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import shutil
+import stat as statmod
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+from .errors import CacheCorrupt, StoreError
+from .hashing import Entry, Manifest, StatCache, hash_bytes, iter_files
+
+__all__ = ["materialize", "remove_materialized", "remove_tree", "CtimeGuard", "CANONICAL_MTIME_NS"]
+
+#: Every blob (and every copy made from one) carries this mtime:
+#: 2000-01-01T00:00:00Z. A fixed mtime makes a blob's stat record immune to
+#: the racy-file rule (any later write moves the mtime to "now") and makes
+#: restored trees identical on every machine. 2000, not 1970, so that zip
+#: (which cannot store dates before 1980) accepts the files.
+CANONICAL_MTIME_NS = 946_684_800 * 1_000_000_000
+
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+_NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.EBADF, errno.ENOSYS}
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES}
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+BlobPath = Callable[[str, bool], Path]
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or tree, including read-only directories a step left."""
+
+    def onerror(func, p, exc_info):  # make the parent writable once, then retry
+        if isinstance(exc_info[1], FileNotFoundError):
+            return
+        parent = os.path.dirname(p)
+        try:
+            os.chmod(parent, 0o755)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o755)
+                shutil.rmtree(p)
+            else:
+                os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, onerror=onerror)  # onexc needs 3.12
+
+
+class CtimeGuard:
+    """Carries blob stat records across our own link/unlink operations.
+
+    A link or unlink changes the inode's ctime, which invalidates its stat
+    record. Around an operation of ours, remember which blobs had a valid
+    record; afterwards, re-record those whose (dev, ino, size, mtime) are
+    unchanged. Only the ctime moved, and only we moved it.
+    """
+
+    def __init__(self, stat_cache: StatCache, blob_path: BlobPath):
+        self.stat_cache = stat_cache
+        self.blob_path = blob_path
+        self.items: dict[Path, tuple[os.stat_result, str]] = {}
+
+    def add_blob(self, path: Path, st: os.stat_result, digest: str) -> None:
+        """A blob verified just now."""
+        self.items[path] = (st, digest)
+
+    def add_tree(self, root: Path) -> None:
+        """Files of a tree about to be removed that are links to blobs."""
+        try:
+            files = list(iter_files(root))
+        except StoreError:
+            return
+        for _rel, item in files:
+            st = item.stat(follow_symlinks=False)
+            if st.st_nlink < 2:
+                continue
+            digest = self.stat_cache.lookup(st)
+            if digest is None:
+                continue
+            try:
+                blob = self.blob_path(digest, bool(st.st_mode & statmod.S_IXUSR))
+            except CacheCorrupt:
+                continue
+            self.items.setdefault(blob, (st, digest))
+
+    def refresh(self) -> None:
+        """Re-record blobs whose content-relevant stat is unchanged."""
+        with self.stat_cache.cache.transact():
+            for path, (st, digest) in self.items.items():
+                try:
+                    now = os.stat(path)
+                except OSError:
+                    continue
+                same = (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (
+                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                if same and now.st_ctime_ns != st.st_ctime_ns:
+                    self.stat_cache.remember(now, digest)
+
+
+def _verify_blobs(manifest: Manifest, blob_path: BlobPath, stat_cache: StatCache,
+                  guard: CtimeGuard) -> dict[str, tuple[Path, os.stat_result]]:
+    blobs: dict[str, tuple[Path, os.stat_result]] = {}
+    for e in manifest.entries:
+        path = blob_path(e.digest, e.executable)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise CacheCorrupt(f"blob {path.name} ({e.path}) is missing from the store") from None
+        except OSError as err:
+            raise StoreError(f"cannot read blob {path}: {err.strerror}") from err
+        found = stat_cache.digest(path) if st.st_size == e.size else f"a file of {st.st_size} bytes"
+        if found != e.digest:
+            raise CacheCorrupt(
+                f"blob {path.parent.name}/{path.name} ({e.path}) is corrupt: "
+                f"expected {e.digest}, found {found}")
+        blobs[e.path] = (path, st)
+        guard.add_blob(path, st, e.digest)
+    return blobs
+
+
+def _holds(dest: Path, manifest: Manifest, blobs: dict[str, tuple[Path, os.stat_result]],
+           stat_cache: StatCache) -> bool:
+    """Does ``dest`` already hold exactly this manifest (no more, no less)?"""
+    if dest.is_symlink() or not dest.is_dir():
+        return False
+    try:
+        found = {rel: item for rel, item in iter_files(dest)}
+    except StoreError:
+        return False
+    if set(found) != {e.path for e in manifest.entries}:
+        return False
+    for e in manifest.entries:
+        st = found[e.path].stat(follow_symlinks=False)
+        if bool(st.st_mode & statmod.S_IXUSR) != e.executable or st.st_size != e.size:
+            return False
+        blob_st = blobs[e.path][1]
+        if (st.st_dev, st.st_ino) == (blob_st.st_dev, blob_st.st_ino):
+            continue  # the verified blob itself
+        if stat_cache.digest(dest / e.path) != e.digest:
+            return False
+    return True
+
+
+def _place(blob: Path, dst: Path, e: Entry, method: str, stat_cache: StatCache) -> str:
+    """Put one blob at ``dst`` by ``method`` or a weaker one; return what worked."""
+    if method == "reflink":
+        try:
+            with open(blob, "rb") as src, open(dst, "wb") as out:
+                fcntl.ioctl(out.fileno(), FICLONE, src.fileno())
+        except OSError as err:
+            dst.unlink(missing_ok=True)
+            if err.errno not in _NO_REFLINK:
+                raise
+            method = "hardlink"
+        else:
+            _finish_copy(dst, e, stat_cache)
+            return "reflink"
+    if method == "hardlink":
+        try:
+            os.link(blob, dst)
+            return "hardlink"
+        except OSError as err:
+            if err.errno not in _NO_LINK:
+                raise
+    shutil.copyfile(blob, dst)
+    _finish_copy(dst, e, stat_cache)
+    return "copy"
+
+
+def _finish_copy(dst: Path, e: Entry, stat_cache: StatCache) -> None:
+    # A private copy may be edited without harm; keep the blob's mtime so the
+    # copy's stat record is never racy and the tree is the same everywhere.
+    os.chmod(dst, 0o755 if e.executable else 0o644)
+    os.utime(dst, ns=(CANONICAL_MTIME_NS, CANONICAL_MTIME_NS))
+    stat_cache.remember(os.stat(dst), e.digest)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2). False if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive flock held for the block (released by the kernel on a kill)."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+_RANK = {"reflink": 0, "hardlink": 1, "copy": 2}
+
+
+def materialize(manifest: Manifest, dest: Path, *, blob_path: BlobPath, stat_cache: StatCache,
+                lock_dir: Path, prefer: str = "reflink") -> str:
+    """Make ``dest`` hold exactly ``manifest``; return the method used.
+
+    Returns ``"reflink"``, ``"hardlink"`` or ``"copy"`` (the weakest method any
+    file needed), ``"unchanged"`` if ``dest`` already held this manifest, or
+    ``"empty"`` for a manifest without files. Raises CacheCorrupt naming a
+    missing or corrupt blob, StoreError if the tree cannot be written (nothing
+    half-built is left behind).
+    """
+    dest = Path(os.path.abspath(dest))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"cannot create {dest.parent}: {err.strerror}") from err
+    lock_name = hash_bytes(os.fsencode(dest))[3:35]
+    with _locked(Path(lock_dir) / f"out-{lock_name}.lock"):
+        # Under the lock, any sibling scratch tree is left over from a kill.
+        for stale in dest.parent.glob(f".{dest.name}.mb-*"):
+            remove_tree(stale)
+        guard = CtimeGuard(stat_cache, blob_path)
+        blobs = _verify_blobs(manifest, blob_path, stat_cache, guard)
+        if _holds(dest, manifest, blobs, stat_cache):
+            return "unchanged"
+        tmp = dest.parent / f".{dest.name}.mb-{os.getpid()}-{os.urandom(4).hex()}"
+        used = "empty"
+        try:
+            tmp.mkdir()
+            method = prefer
+            for e in manifest.entries:
+                target = tmp / e.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                got = _place(blobs[e.path][0], target, e, method, stat_cache)
+                method = got if _RANK[got] > _RANK[method] else method
+                used = got if used == "empty" or _RANK[got] > _RANK[used] else used
+            if dest.exists() or dest.is_symlink():
+                guard.add_tree(dest)
+                if not _exchange(tmp, dest):
+                    old = dest.parent / f".{dest.name}.mb-old-{os.urandom(4).hex()}"
+                    os.rename(dest, old)
+                    os.rename(tmp, dest)
+                    tmp = old
+                try:
+                    remove_tree(tmp)  # the old tree; dest is already complete
+                except OSError:
+                    pass  # a leftover sibling is removed by the next restore
+            else:
+                os.rename(tmp, dest)
+        except OSError as err:
+            remove_tree(tmp)
+            raise StoreError(f"cannot materialize {dest}: {err.strerror or err}") from err
+        finally:
+            guard.refresh()
+        return used
+
+
+def remove_materialized(dest: Path, *, blob_path: BlobPath, stat_cache: StatCache) -> None:
+    """Remove a materialized tree, keeping its blobs' stat records valid
+    (``modelbuild clean`` uses this; a plain ``rm -rf`` costs one re-hash)."""
+    dest = Path(dest)
+    if not (dest.exists() or dest.is_symlink()):
+        return
+    guard = CtimeGuard(stat_cache, blob_path)
+    if dest.is_dir() and not dest.is_symlink():
+        guard.add_tree(dest)
+    try:
+        remove_tree(dest)
+    except OSError as err:
+        raise StoreError(f"cannot remove {dest}: {err.strerror or err}") from err
+    finally:
+        guard.refresh()

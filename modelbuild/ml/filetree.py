@@ -1,0 +1,140 @@
+"""File-tree helpers of the fetch step: list, select, place, describe, and tell the layout.
+
+Standard library only. Names are relative POSIX paths (``"original/params.json"``).
+
+Example::
+
+    >>> detect_format(["config.json", "model.safetensors", "tokenizer.json"])
+    'hf'
+    >>> matches("original/params.json", ["original/"])
+    True
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "list_files",
+    "matches",
+    "place",
+    "describe",
+    "detect_format",
+    "has_layout",
+    "suggest_subdir",
+    "preview",
+    "human_size",
+]
+
+#: The file a declared format cannot do without (a lighter test than
+#: detection, so that e.g. an hf checkpoint with pytorch_model.bin can be
+#: declared by hand).
+REQUIRED = {"hf": "config.json", "meta": "params.json", "gguf": "*.gguf"}
+
+
+def list_files(root: Path, *, hidden_dirs: bool = True, skip: tuple[str, ...] = ()) -> list[str]:
+    """Relative POSIX paths of the files under ``root``, sorted.
+
+    ``hidden_dirs=False`` skips ``.git/``, ``.cache/`` (``hf download
+    --local-dir`` metadata) and other dot-directories; ``skip`` names files
+    to leave out (e.g. ``checkpoint.json``).
+    """
+    names = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        if not hidden_dirs:
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for fname in filenames:
+            rel = (Path(dirpath) / fname).relative_to(root).as_posix()
+            if rel not in skip:
+                names.append(rel)
+    return sorted(names)
+
+
+def matches(name: str, patterns: list[str]) -> bool:
+    """Glob match as huggingface_hub does it: ``*`` crosses ``/``; ``"dir/"`` means everything below."""
+    return any(
+        fnmatch.fnmatch(name, pat) or (pat.endswith("/") and fnmatch.fnmatch(name, pat + "*")) for pat in patterns
+    )
+
+
+def place(src: Path, dst: Path, *, link: bool = True) -> None:
+    """Put ``src`` (symlinks resolved) at ``dst``: a hardlink if ``link`` and possible, else a copy."""
+    src = src.resolve()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass  # another filesystem, or links not allowed: copy
+    shutil.copyfile(src, dst)
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """``{"sha256": ..., "size": ...}`` of a file."""
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    return {"sha256": digest, "size": path.stat().st_size}
+
+
+def detect_format(names: list[str]) -> str | None:
+    """The checkpoint layout at the root of a file list, or None.
+
+    Only top-level files count, as the checkpoint loader reads them there.
+
+    >>> detect_format(["params.json", "consolidated.00.pth", "tokenizer.model"])
+    'meta'
+    >>> detect_format(["smollm2-135m-q8_0.gguf"])
+    'gguf'
+    >>> detect_format(["original/params.json", "original/consolidated.00.pth"]) is None
+    True
+    """
+    top = {n for n in names if "/" not in n}
+    if "config.json" in top and any(n.endswith(".safetensors") for n in top):
+        return "hf"
+    if "params.json" in top and any(n.startswith("consolidated") and n.endswith(".pth") for n in top):
+        return "meta"
+    if any(n.endswith(".gguf") for n in top):
+        return "gguf"
+    return None
+
+
+def has_layout(fmt: str, names: list[str]) -> bool:
+    """Whether the top level holds the file ``fmt`` cannot do without."""
+    return any(fnmatch.fnmatch(n, REQUIRED[fmt]) for n in names if "/" not in n)
+
+
+def suggest_subdir(names: list[str]) -> tuple[str, str] | None:
+    """``(directory, format)`` of the first subdirectory holding a checkpoint layout.
+
+    >>> suggest_subdir(["config.json", "original/params.json", "original/consolidated.00.pth"])
+    ('original', 'meta')
+    """
+    dirs = sorted({n.split("/", 1)[0] for n in names if "/" in n})
+    for d in dirs:
+        inner = [n[len(d) + 1 :] for n in names if n.startswith(d + "/")]
+        fmt = detect_format(inner)
+        if fmt is not None:
+            return d, fmt
+    return None
+
+
+def preview(names: list[str], n: int = 6) -> str:
+    """The first ``n`` names, comma-separated, with a count of the rest."""
+    shown = ", ".join(names[:n])
+    return shown + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+
+
+def human_size(size: int) -> str:
+    """``1536`` -> ``"1.5 KB"``."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

@@ -1,0 +1,504 @@
+"""The two-tier store: content-addressed blobs plus an action cache.
+
+Layout of a cache directory::
+
+    blobs/ab/cdef...      one read-only file per (content digest, executable bit);
+                          "-x" suffix for executables; mtime fixed to 2000-01-01
+    db/                   diskcache (SQLite): action records and stat records,
+                          as JSON text; eviction off; pickle protocol pinned
+    tmp/<session>/        scratch space of one live Store (same filesystem as
+                          blobs/, so ingest is a rename); a session whose owner
+                          died (kill -9) is removed by the next Store or gc
+    locks/                per-action-key locks, per-output locks, session locks
+    logs/<target>.log     step logs
+    downloads/            the fetch step's download cache
+
+Crash safety: a blob is fsynced, then renamed into place (and its directory
+fsynced); the action record is written last. A kill at any moment leaves
+either a complete record with durable blobs, or no record (a miss), plus
+perhaps some unreferenced blobs and scratch that gc removes.
+
+Example::
+
+    store = Store(project / "cache")
+    out = store.scratch_dir("tiny")          # the step writes here
+    ...
+    manifest = store.ingest(out)              # blobs first
+    store.put_action(ActionRecord(key, "export", "tiny", manifest, record,
+                                  "1 file, 4 MB", 12.5, time.time()))
+    store.materialize(store.get_action(key).manifest, project / "out" / "tiny")
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import stat
+import stat as statmod
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import diskcache
+
+from . import materialize as _mat
+from .errors import CacheCorrupt, StoreError
+from .hashing import PREFIX, Entry, Manifest, StatCache, hash_bytes, hash_file, iter_files
+
+if TYPE_CHECKING:
+    import filelock
+
+__all__ = ["Store", "ActionRecord", "RECORD_FORMAT"]
+
+#: Version of the persisted action record; a record of another version is a miss.
+RECORD_FORMAT = 1
+
+_DIGEST = re.compile(r"^b3:[0-9a-f]{64}$")
+_ACTION = "action:"
+_SESSION = re.compile(r"^s-\d+-[0-9a-f]{8}$")
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """What a finished action produced, stored under its key.
+
+    ``key_record`` is the canonical record the key was hashed from (for
+    ``explain``); ``created`` is informational and never part of a key.
+    """
+
+    key: str
+    step: str
+    target: str
+    manifest: Manifest
+    key_record: dict = field(default_factory=dict)
+    summary: str = ""
+    duration_s: float = 0.0
+    created: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict carrying :data:`RECORD_FORMAT`."""
+        return {
+            "format": RECORD_FORMAT,
+            "key": self.key,
+            "step": self.step,
+            "target": self.target,
+            "manifest": self.manifest.to_json(),
+            "key_record": self.key_record,
+            "summary": self.summary,
+            "duration_s": self.duration_s,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ActionRecord":
+        """Inverse of :meth:`to_json`; raises ValueError/KeyError/TypeError if malformed."""
+        return cls(
+            key=str(d["key"]), step=str(d["step"]), target=str(d["target"]),
+            manifest=Manifest.from_json(d["manifest"]), key_record=dict(d["key_record"]),
+            summary=str(d["summary"]), duration_s=float(d["duration_s"]),
+            created=float(d["created"]),
+        )
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    """A cache directory: blobs, action records, stat records, scratch, locks, logs."""
+
+    def __init__(self, root: Path):
+        self.root = Path(os.path.abspath(root))
+        self.blobs = self.root / "blobs"
+        self.db = self.root / "db"
+        self.tmp = self.root / "tmp"
+        self.locks = self.root / "locks"
+        self.logs = self.root / "logs"
+        self.downloads = self.root / "downloads"
+        try:
+            for d in (self.blobs, self.db, self.tmp, self.locks, self.logs, self.downloads):
+                d.mkdir(parents=True, exist_ok=True)
+            # Small records only: JSON text stays inside SQLite (below 1 MiB);
+            # no eviction ever drops a record; pickle (unused for str) is pinned.
+            self.cache = diskcache.Cache(
+                os.fspath(self.db), eviction_policy="none", statistics=False,
+                disk_pickle_protocol=4, disk_min_file_size=1 << 20, cull_limit=0)
+        except (OSError, diskcache.Timeout) as err:
+            raise StoreError(f"cannot open the cache at {self.root}: {err}") from err
+        self.stat_cache = StatCache(self.cache)
+        self._session: Path | None = None
+        self._session_fd: int | None = None
+        self._session_pid: int | None = None
+        self._session_guard = threading.Lock()  # engines may ask from several threads
+        self._dev = os.stat(self.tmp).st_dev
+        self._clean_stale_tmp()
+
+    # -- scratch ---------------------------------------------------------
+
+    def _session_dir(self) -> Path:
+        with self._session_guard:
+            return self._open_session()
+
+    def _open_session(self) -> Path:
+        if self._session is None or self._session_pid != os.getpid():
+            sid = f"s-{os.getpid()}-{os.urandom(4).hex()}"
+            # Lock first, then create: a cleaner only looks at existing dirs,
+            # so it can never see ours unlocked.
+            fd = os.open(self.locks / f"{sid}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            (self.tmp / sid).mkdir()
+            self._session, self._session_fd, self._session_pid = self.tmp / sid, fd, os.getpid()
+        return self._session
+
+    def _clean_stale_tmp(self) -> int:
+        """Remove scratch sessions whose owner is gone; return how many."""
+        removed = 0
+        try:
+            names = os.listdir(self.tmp)
+        except OSError:
+            return 0
+        for name in names:
+            path = self.tmp / name
+            if path == self._session:
+                continue
+            if not _SESSION.match(name):
+                _mat.remove_tree(path)  # nothing but sessions belongs in tmp/
+                removed += 1
+                continue
+            lock = self.locks / f"{name}.lock"
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # a live process owns it
+            try:
+                _mat.remove_tree(path)
+                lock.unlink(missing_ok=True)
+                removed += 1
+            finally:
+                os.close(fd)
+        return removed
+
+    def scratch_dir(self, prefix: str) -> Path:
+        """A fresh empty directory under tmp/, on the same filesystem as blobs/."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", prefix)[:80] or "scratch"
+        try:
+            path = self._session_dir() / f"{safe}-{os.urandom(4).hex()}"
+            path.mkdir()
+        except OSError as err:
+            raise StoreError(f"cannot create scratch space in {self.tmp}: {err.strerror}") from err
+        return path
+
+    # -- blobs -----------------------------------------------------------
+
+    def blob_path(self, digest: str, executable: bool = False) -> Path:
+        """Where the blob of this content and mode lives."""
+        if not _DIGEST.match(digest):
+            raise CacheCorrupt(f"not a valid blob digest: {digest!r}")
+        hexd = digest[len(PREFIX):]
+        return self.blobs / hexd[:2] / (hexd[2:] + ("-x" if executable else ""))
+
+    def ingest(self, directory: Path) -> Manifest:
+        """Move a finished step output into the store; return its manifest.
+
+        Each file is made read-only, given the canonical mtime, hashed,
+        fsynced and renamed into blobs/ (or dropped if an identical, verified
+        blob is already there). ``directory`` is removed on success. On a
+        write error (disk full, ...) raises StoreError; blobs already moved are
+        complete and fsynced, and no action record refers to them.
+        """
+        directory = Path(directory)
+        entries: list[Entry] = []
+        dirs: set[Path] = set()
+        try:
+            # A step may leave read-only directories; moving files out needs
+            # write permission on them (root does not, everyone else does).
+            for here, _sub, _files in os.walk(directory):
+                mode = stat.S_IMODE(os.lstat(here).st_mode)
+                if mode & 0o700 != 0o700:
+                    os.chmod(here, mode | 0o700)
+        except OSError as err:
+            raise StoreError(f"cannot store {directory}: {err.strerror or err}") from err
+        for rel, item in iter_files(directory):
+            try:
+                entries.append(self._ingest_file(Path(item.path), rel, dirs))
+            except OSError as err:
+                raise StoreError(f"cannot store {rel}: {err.strerror or err}") from err
+        try:
+            for d in sorted(dirs):
+                _fsync_dir(d)
+            _mat.remove_tree(directory)
+        except OSError as err:
+            raise StoreError(f"cannot store {directory}: {err.strerror or err}") from err
+        return Manifest(entries)
+
+    def _ingest_file(self, src: Path, rel: str, dirs: set[Path]) -> Entry:
+        st0 = os.lstat(src)
+        exe = bool(st0.st_mode & statmod.S_IXUSR)
+        if st0.st_dev != self._dev:
+            src = self._copy_in(src)  # rename cannot cross filesystems
+        os.chmod(src, 0o555 if exe else 0o444)
+        # The canonical mtime makes every later write visible in the stat.
+        os.utime(src, ns=(_mat.CANONICAL_MTIME_NS, _mat.CANONICAL_MTIME_NS))
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            st1 = os.fstat(fd)
+            digest = hash_file(src)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        blob = self.blob_path(digest, exe)
+        if not blob.parent.is_dir():
+            blob.parent.mkdir(exist_ok=True)
+            dirs.add(self.blobs)
+        try:
+            have = os.stat(blob)
+        except FileNotFoundError:
+            have = None
+        if have is not None and self.stat_cache.lookup(have) == digest:
+            os.unlink(src)  # dedupe: an identical, verified blob is in place
+        else:
+            # Replacing is atomic and safe even if another process is storing
+            # the same content right now: both files hold the same bytes.
+            os.replace(src, blob)
+            dirs.add(blob.parent)
+            now = os.stat(blob)
+            unchanged = (now.st_ino, now.st_size, now.st_mtime_ns) == (
+                st1.st_ino, st1.st_size, _mat.CANONICAL_MTIME_NS)
+            if not unchanged:
+                raise StoreError(f"{rel} changed while it was being stored")
+            self.stat_cache.remember(now, digest)
+        return Entry(rel, exe, digest, st1.st_size)
+
+    def _copy_in(self, src: Path) -> Path:
+        import shutil
+
+        dst = self._session_dir() / f"in-{os.urandom(8).hex()}"
+        shutil.copyfile(src, dst)
+        os.chmod(dst, os.stat(src).st_mode & 0o777)
+        os.unlink(src)
+        return dst
+
+    # -- action records --------------------------------------------------
+
+    def put_action(self, record: ActionRecord) -> None:
+        """Store an action record; its blobs must already be in the store."""
+        for e in record.manifest.entries:
+            if not self.blob_path(e.digest, e.executable).is_file():
+                raise StoreError(f"{record.target}: blob for {e.path} is not in the store")
+        text = json.dumps(record.to_json(), sort_keys=True, separators=(",", ":"))
+        try:
+            self.cache.set(_ACTION + record.key, text)
+        except Exception as err:  # OSError, sqlite3 errors, diskcache.Timeout
+            raise StoreError(f"cannot write the action record of {record.target}: {err}") from err
+
+    def get_action(self, key: str) -> ActionRecord | None:
+        """The record stored under ``key``; None if absent or of an older format.
+
+        Raises CacheCorrupt if the stored record cannot be read.
+        """
+        text = self.cache.get(_ACTION + key)
+        if text is None:
+            return None
+        try:
+            d = json.loads(text)
+            if d.get("format") != RECORD_FORMAT:
+                return None
+            return ActionRecord.from_json(d)
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CacheCorrupt(f"action record {key} is unreadable: {err}") from err
+
+    def action_keys(self) -> list[str]:
+        """Keys of all stored action records."""
+        return [k[len(_ACTION):] for k in self.cache.iterkeys() if isinstance(k, str) and k.startswith(_ACTION)]
+
+    def missing_or_corrupt(self, manifest: Manifest) -> list[str]:
+        """Problems with the blobs of ``manifest``, one line each (empty: all good).
+
+        Existence and size first, then the digest through the stat cache (a
+        stat and a record read per blob in the steady state).
+        """
+        problems = []
+        for e in manifest.entries:
+            path = self.blob_path(e.digest, e.executable)
+            name = f"{path.parent.name}/{path.name}"
+            try:
+                st = os.stat(path)
+            except OSError:
+                problems.append(f"{e.path}: blob {name} is missing")
+                continue
+            if st.st_size != e.size:
+                problems.append(f"{e.path}: blob {name} is corrupt (size {st.st_size}, expected {e.size})")
+            elif self.stat_cache.digest(path) != e.digest:
+                problems.append(f"{e.path}: blob {name} is corrupt (digest mismatch)")
+        return problems
+
+    # -- outputs ---------------------------------------------------------
+
+    def materialize(self, manifest: Manifest, dest: Path) -> str:
+        """Make ``dest`` hold exactly ``manifest`` (see :mod:`modelbuild.materialize`).
+
+        Returns "reflink", "hardlink" or "copy"; "unchanged" when ``dest``
+        already held it; "empty" for a manifest without files.
+        """
+        return _mat.materialize(manifest, dest, blob_path=self.blob_path,
+                                stat_cache=self.stat_cache, lock_dir=self.locks)
+
+    def remove_output(self, dest: Path) -> None:
+        """Remove a materialized ``out/<target>/`` (for ``clean``) without
+        invalidating the stat records of its blobs."""
+        _mat.remove_materialized(dest, blob_path=self.blob_path, stat_cache=self.stat_cache)
+
+    def lock(self, key: str) -> "filelock.FileLock":
+        """An inter-process exclusive lock for one action key (a context manager).
+
+        The second builder to reach a key waits here, then finds the record.
+        """
+        from filelock import FileLock  # imported on first use: keeps no-op start-up lean
+
+        return FileLock(os.fspath(self.locks / f"key-{hash_bytes(key.encode())[3:35]}.lock"))
+
+    def log_path(self, target: str) -> Path:
+        """logs/<target>.log (path separators in the name are replaced)."""
+        return self.logs / (target.replace("/", "_").replace(os.sep, "_") + ".log")
+
+    # -- maintenance -----------------------------------------------------
+
+    def _blob_files(self):
+        for sub in sorted(os.listdir(self.blobs)):
+            d = self.blobs / sub
+            if d.is_dir():
+                for name in sorted(os.listdir(d)):
+                    yield d / name
+
+    def _blob_digest(self, path: Path) -> tuple[str, bool] | None:
+        name = path.name
+        exe = name.endswith("-x")
+        digest = PREFIX + path.parent.name + (name[:-2] if exe else name)
+        return (digest, exe) if _DIGEST.match(digest) else None
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and sizes: action records, blobs, bytes, scratch sessions."""
+        blobs = size = 0
+        for p in self._blob_files():
+            blobs += 1
+            size += p.stat().st_size
+        return {
+            "root": str(self.root),
+            "actions": len(self.action_keys()),
+            "blobs": blobs,
+            "blob_bytes": size,
+            "scratch_sessions": len(os.listdir(self.tmp)),
+        }
+
+    def verify(self) -> list[str]:
+        """Re-hash every blob and check every record; return the problems."""
+        problems = []
+        for p in self._blob_files():
+            parsed = self._blob_digest(p)
+            if parsed is None:
+                problems.append(f"blobs/{p.parent.name}/{p.name}: not a blob name")
+                continue
+            started = time.time_ns()
+            st = os.stat(p)
+            digest = hash_file(p)
+            if digest != parsed[0]:
+                problems.append(f"blobs/{p.parent.name}/{p.name}: corrupt (content hashes to {digest})")
+            elif _same(os.stat(p), st):
+                self.stat_cache.remember(st, digest, recorded_ns=started)
+        for key in self.action_keys():
+            try:
+                rec = self.get_action(key)
+            except CacheCorrupt as err:
+                problems.append(str(err))
+                continue
+            if rec is None:
+                continue
+            for e in rec.manifest.entries:
+                p = self.blob_path(e.digest, e.executable)
+                if not p.is_file():
+                    problems.append(f"{rec.target} ({key}): blob {p.parent.name}/{p.name} for {e.path} is missing")
+        return problems
+
+    def gc(self, keep_keys: set[str], grace_s: float = 3600.0) -> dict[str, int]:
+        """Drop action records not in ``keep_keys`` and blobs no kept record uses.
+
+        Blobs touched (stored or linked) within ``grace_s`` seconds are kept:
+        they may belong to a step that a concurrent build is storing right now.
+        """
+        removed_actions = 0
+        referenced: set[Path] = set()
+        for key in self.action_keys():
+            rec = None
+            if key in keep_keys:
+                try:
+                    rec = self.get_action(key)
+                except CacheCorrupt:
+                    rec = None
+            if rec is None:
+                self.cache.delete(_ACTION + key)
+                removed_actions += 1
+                continue
+            referenced.update(self.blob_path(e.digest, e.executable) for e in rec.manifest.entries)
+        cutoff = time.time_ns() - int(grace_s * 1e9)
+        removed_blobs = freed = kept = 0
+        for p in self._blob_files():
+            st = os.stat(p)
+            if p in referenced or st.st_ctime_ns > cutoff:
+                kept += 1
+                continue
+            self.stat_cache.forget(st)
+            p.unlink()
+            removed_blobs += 1
+            freed += st.st_size
+        for sub in os.listdir(self.blobs):
+            try:
+                (self.blobs / sub).rmdir()  # only succeeds when empty
+            except OSError:
+                pass
+        return {
+            "actions_removed": removed_actions,
+            "actions_kept": len(self.action_keys()),
+            "blobs_removed": removed_blobs,
+            "blobs_kept": kept,
+            "bytes_freed": freed,
+            "scratch_removed": self._clean_stale_tmp(),
+        }
+
+    def clear(self) -> None:
+        """Remove every record, blob, log and stale scratch session."""
+        self.cache.clear()
+        for d in (self.blobs, self.logs, self.downloads):
+            _mat.remove_tree(d)
+            d.mkdir()
+        self._clean_stale_tmp()
+
+    def close(self) -> None:
+        """Close the database and release the scratch session (removing it)."""
+        self.cache.close()
+        if self._session_fd is not None and self._session_pid == os.getpid():
+            _mat.remove_tree(self._session)
+            (self.locks / f"{self._session.name}.lock").unlink(missing_ok=True)
+            os.close(self._session_fd)
+            self._session, self._session_fd = None, None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
