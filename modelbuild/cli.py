@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="compare validation reports of targets side by side")
     _common(p)
+    _cache(p)
     p.add_argument("targets", nargs="+")
     p.add_argument("--json", action="store_true")
     return parser
@@ -264,7 +265,7 @@ def _cmd_clean(args) -> int:
 def _cmd_report(args) -> int:
     from .api import report
 
-    table = report(args.targets, project=args.project, recipes=args.recipes, overrides=args.overrides)
+    table = report(args.targets, project=args.project, recipes=args.recipes, cache_dir=args.cache_dir, overrides=args.overrides)
     if args.json:
         _print_json(table.rows)
         return 0

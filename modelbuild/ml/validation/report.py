@@ -1,0 +1,122 @@
+"""Report files of the validate step, and the verdict report.
+
+Light module (JSON and text only), so the build process can render a verdict
+without numpy or torch.
+
+In the artifact (measured once, cached):
+
+- ``measurements.json``: the figures (see :mod:`.measure`)
+- ``report.json``: the same figures plus versions and what was compared
+  (no thresholds and no pass/fail: those change without rerunning)
+- ``report.md`` + ``errors.png``: the human-readable measurement report
+
+Beside it, written by whoever judges (the engine's build report):
+:func:`render_verdict_report` turns a verdict into markdown.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from modelbuild.step import write_json
+
+from .expectations import EXPECTATIONS, fmt
+
+__all__ = ["write_reports", "render_measurements_md", "render_verdict_report", "load_measurements"]
+
+REPORT_VERSION = 1
+
+_LLM_ROWS = [
+    ("cosine", "cosine similarity (worst run)"), ("top1_agreement", "top-1 agreement"),
+    ("token_agreement", "greedy token agreement"), ("first_divergence", "first divergence (token)"),
+    ("max_abs_error", "max abs error"), ("mean_abs_error", "mean abs error"),
+    ("perplexity", "perplexity (eval text)"), ("reference_perplexity", "reference perplexity"),
+    ("perplexity_ratio", "perplexity ratio"), ("size_mb", "size (MB)"), ("load_time_s", "load time (s)"),
+    ("prefill_tokens_per_s", "prefill tokens/s"), ("decode_tokens_per_s", "decode tokens/s"),
+    ("latency_ms", "latency per sample (ms)"), ("peak_rss_mb", "peak RSS (MB)"),
+]
+
+
+def load_measurements(path: Path) -> dict:
+    """measurements.json of a measurements artifact directory."""
+    return json.loads((Path(path) / "measurements.json").read_text())
+
+
+def render_measurements_md(m: Mapping[str, Any], title: str, plot: str | None) -> str:
+    """Markdown of the measurements (figures only; the verdict is not part of it)."""
+    s = m["summary"]
+    lines = [f"# Validation measurements: {title}", "",
+             f"Artifact: `{m['artifact']['kind']}` ({fmt(m['artifact']['size_bytes'])} bytes), "
+             f"compared with the reference `{m['reference']['target']}` "
+             f"({m['reference']['implementation']}).", "",
+             "These are measurements. Whether they pass is judged against the recipe's "
+             "expectations at build time and shown in the build report.", "",
+             "| figure | value |", "|---|---|"]
+    for key, label in _LLM_ROWS:
+        if key in s:
+            lines.append(f"| {label} | {fmt(s[key])} |")
+    lines += ["", "## Runs", "", "| run | positions | cosine | top-1 | max abs error | tokens | first divergence |",
+              "|---|---|---|---|---|---|---|"]
+    for r in m["runs"]:
+        lines.append(f"| {r['name']} | {fmt(r.get('positions'))} | {fmt(r.get('cosine'))} | "
+                     f"{fmt(r.get('top1_agreement'))} | {fmt(r.get('max_abs_error'))} | "
+                     f"{fmt(r.get('token_agreement'))} | {fmt(r.get('first_divergence'))} |")
+    if m.get("runner"):
+        rn = m["runner"]
+        lines += ["", f"TextLLMRunner: prompt tokens {rn['prompt_tokens']}, generated {rn['generated_tokens']}, "
+                  f"prefill {fmt(rn['prefill_tokens_per_s'])} tok/s, decode {fmt(rn['decode_tokens_per_s'])} tok/s "
+                  "(millisecond clock)."]
+    if plot:
+        lines += ["", f"![error per position]({plot})"]
+    versions = m.get("versions", {})
+    if versions:
+        lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(out: Path, m: dict, title: str, plot: str | None) -> None:
+    """Write measurements.json, report.json and report.md into ``out``."""
+    write_json(out / "measurements.json", m)
+    report = {
+        "report_version": REPORT_VERSION,
+        "kind": "validation-measurements",
+        "title": title,
+        "status": m["status"],
+        "artifact": m["artifact"],
+        "reference": m["reference"],
+        "summary": m["summary"],
+        "runs": m["runs"],
+        "runner": m.get("runner"),
+        "versions": m.get("versions", {}),
+        "plot": plot,
+    }
+    write_json(out / "report.json", report)
+    (out / "report.md").write_text(render_measurements_md(m, title, plot))
+
+
+def render_verdict_report(measurements_dir: Path, verdict) -> str:
+    """Markdown for a verdict on cached measurements: pass/fail, each expectation, the figures.
+
+    ``verdict`` is the :class:`modelbuild.step.Verdict` returned by
+    ``ValidateStep.judge`` (its ``figures`` carry the checks).
+    """
+    m = load_measurements(measurements_dir)
+    status = verdict.status or ("pass" if verdict.ok else "fail")
+    lines = [f"# Validation verdict: {status.upper()}", ""]
+    if verdict.reason:
+        lines += [verdict.reason, ""]
+    checks = verdict.figures.get("checks", [])
+    if checks:
+        lines += ["| expectation | figure | value | bound | result |", "|---|---|---|---|---|"]
+        docs = {e.param: e for e in EXPECTATIONS}
+        for c in checks:
+            sign = docs[c["expectation"]].op if c["expectation"] in docs else c["op"]
+            lines.append(f"| {c['expectation']} | {c['figure']} | {fmt(c['value'])} | {sign} {fmt(c['bound'])} | "
+                         f"{'ok' if c['ok'] else 'FAIL'} |")
+    else:
+        lines.append("No expectations set: the measurements are recorded, nothing is gated.")
+    lines += ["", render_measurements_md(m, m.get("title", str(measurements_dir.name)), "errors.png"
+                                         if (Path(measurements_dir) / "errors.png").exists() else None)]
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""The ``validate`` step: measure an artifact against the reference; judge the figures.
+
+Inputs: ``artifact`` (an exported program, a ``.pte`` or an ``.mlpackage``) and
+``reference`` (the output of the ``reference`` step). Output kind
+``measurements``: measurements.json, report.json, report.md, errors.png,
+positions.json.
+
+Measuring and judging are separate. ``run`` measures (slow: it runs the
+model); ``judge`` compares the cached figures with the expectations (the
+``min_*``/``max_*`` parameters, listed in ``judge_params`` so they stay out of
+the action key). Changing a threshold therefore re-judges without rerunning.
+
+Where this host cannot run the artifact (an ``.mlpackage``, or a ``.pte``
+delegated to Core ML or MPS, on anything but macOS) the target gets the
+distinct status "needs macOS".
+
+Example recipe::
+
+    [targets.tiny-llama-pte-validate]
+    step = "validate"
+    inputs = { artifact = "tiny-llama-pte", reference = "tiny-llama-ref" }
+    min_cosine = 0.999
+    min_token_agreement = 0.9
+    max_size_mb = 5
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+
+from pydantic import Field
+
+from modelbuild.artifacts import Artifact
+from modelbuild.errors import PlatformUnavailable, RecipeError, StepError
+from modelbuild.ml.validation.expectations import EXPECTATIONS, PARAM_NAMES, judge_summary
+from modelbuild.step import Input, Params, Requirements, Step, StepContext, Verdict, host_platform
+
+_UNIT = ("min_cosine",)
+_SHARES = ("min_top1_agreement", "min_token_agreement")
+
+
+class ValidateParams(Params):
+    #: Greedy tokens to generate per prompt (default: as many as the reference did).
+    max_new_tokens: int | None = Field(None, ge=1)
+    #: Cap on the eval-text tokens scored (also capped by the artifact's max_seq_len).
+    eval_tokens: int | None = Field(None, ge=2)
+    #: Also generate with ExecuTorch's TextLLMRunner (the app's code path) for speed figures.
+    use_text_runner: bool = True
+
+    # Expectations (judge-only; see modelbuild.ml.validation.expectations).
+    min_cosine: float | None = None
+    min_top1_agreement: float | None = None
+    min_token_agreement: float | None = None
+    max_abs_error: float | None = None
+    max_mean_abs_error: float | None = None
+    max_perplexity_ratio: float | None = None
+    max_perplexity: float | None = None
+    max_size_mb: float | None = None
+    min_decode_tokens_per_s: float | None = None
+    min_prefill_tokens_per_s: float | None = None
+    max_load_time_s: float | None = None
+    max_peak_memory_mb: float | None = None
+    max_latency_ms: float | None = None
+
+
+class ValidateStep(Step):
+    """Measure an artifact against the reference and judge it against the expectations."""
+
+    name = "validate"
+    version = 1
+    description = "Validate an artifact against the reference model (numerics, generation, size, speed)"
+    inputs = {
+        "artifact": Input(kinds=("exported-program", "pte", "mlpackage"), doc="the artifact to validate"),
+        "reference": Input(kinds=("reference",), doc="outputs of the original model"),
+    }
+    output = "measurements"
+    toolchain = ("torch", "executorch", "numpy", "coremltools")
+    code_modules = (
+        "modelbuild.ml.validation.measure",
+        "modelbuild.ml.validation.runners",
+        "modelbuild.ml.validation.metrics",
+        "modelbuild.ml.validation.plots",
+        "modelbuild.ml.validation.report",
+    )
+    judge_params = PARAM_NAMES
+    Params = ValidateParams
+
+    def check(self, params: ValidateParams, input_kinds) -> None:
+        for name in PARAM_NAMES:
+            value = getattr(params, name)
+            if value is None:
+                continue
+            if name in _UNIT and not -1.0 <= value <= 1.0:
+                raise RecipeError(f"{name} is a cosine similarity, between -1 and 1 (got {value})", key=name)
+            if name in _SHARES and not 0.0 <= value <= 1.0:
+                raise RecipeError(f"{name} is a share between 0 and 1 (got {value})", key=name)
+            if name not in _UNIT and value < 0:
+                raise RecipeError(f"{name} must not be negative (got {value})", key=name)
+
+    def requirements(self, params: ValidateParams, input_kinds) -> Requirements:
+        if input_kinds.get("artifact") == "mlpackage":
+            # Core ML predictions need the Core ML framework: macOS only.
+            return Requirements(platforms=("macos",))
+        return self.requires
+
+    def judge(self, params: ValidateParams, artifact: Artifact) -> Verdict | None:
+        """Compare measurements.json's summary with the expectations (no heavy imports)."""
+        thresholds = {n: getattr(params, n) for n in PARAM_NAMES if getattr(params, n) is not None}
+        try:
+            m = json.loads(artifact.file("measurements.json").read_text())
+        except (OSError, ValueError) as err:
+            raise StepError(f"cannot judge {artifact.target}: measurements.json unreadable ({err})") from err
+        summary = m.get("summary", {})
+        if not thresholds:
+            return Verdict(ok=True, reason="measured (no expectations set)",
+                           figures={**summary, "checks": [], "expectations": {}}, status="pass")
+        ok, reason, checks = judge_summary(summary, thresholds)
+        if ok:
+            reason = "meets " + ", ".join(c["expectation"] for c in checks)
+        return Verdict(ok=ok, reason=reason, figures={**summary, "checks": checks, "expectations": thresholds},
+                       status="pass" if ok else "fail")
+
+    def run(self, ctx: StepContext) -> None:
+        p: ValidateParams = ctx.params
+        art = ctx.inputs["artifact"]
+        ref_art = ctx.inputs["reference"]
+        if art.kind == "pte":
+            from modelbuild.ml.validation.runners import apple_delegates
+
+            apple = apple_delegates(art.path)
+            if apple and host_platform() != "macos":
+                raise PlatformUnavailable(
+                    needs="macOS", command=f"modelbuild build {ctx.target}",
+                    detail=f"the .pte delegates to {', '.join(apple)}, which only runs on Apple platforms",
+                )
+        import torch
+
+        from modelbuild.ml.validation import measure, plots, report
+        from modelbuild.ml.validation.reference import read_reference
+        from modelbuild.ml.validation.runners import open_runner
+
+        torch.set_num_threads(max(1, ctx.jobs))
+        try:
+            ref = read_reference(ref_art.path)
+            runner = open_runner(art.kind, art.path)
+            if runner.kind != ref["kind"]:
+                raise StepError(f"the artifact is a {runner.kind} but the reference {ref_art.target} "
+                                f"is of a {ref['kind']}")
+            if runner.kind == "llm":
+                m, positions = measure.measure_llm(runner, ref, ref_art.path, max_new_tokens=p.max_new_tokens,
+                                                   eval_tokens=p.eval_tokens, use_text_runner=p.use_text_runner,
+                                                   log=ctx.log)
+            else:
+                m, positions = measure.measure_module(runner, ref, ref_art.path, log=ctx.log)
+        except (ValueError, FileNotFoundError, RuntimeError) as err:
+            raise StepError(f"validate: {err}") from err
+        m["title"] = f"{art.target} vs {ref_art.target}"
+        m["artifact"]["target"] = art.target
+        m["reference"] = {"target": ref_art.target, "implementation": ref["implementation"], "kind": ref["kind"]}
+        m["versions"] = {**self.toolchain_versions(), "python": platform.python_version()}
+        m["host"] = {"platform": host_platform(), "machine": platform.machine()}
+        ctx.write_json("positions.json", positions)
+        plots.plot_positions(positions, ctx.out / "errors.png", m["title"])
+        report.write_reports(ctx.out, m, m["title"], "errors.png")
+        s = m["summary"]
+        parts = [f"cosine {s['cosine']:.6g}"]
+        if s.get("token_agreement") is not None:
+            parts.append(f"tokens {s['token_agreement']:.3g}")
+        parts.append(f"{s['size_mb']:.3g} MB")
+        if s.get("decode_tokens_per_s"):
+            parts.append(f"{s['decode_tokens_per_s']:.4g} tok/s")
+        ctx.summary = ", ".join(parts)
+
+
+__all__ = ["ValidateStep", "ValidateParams", "EXPECTATIONS"]
