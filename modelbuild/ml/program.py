@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ProgramInfo", "save_program", "load_program", "PROGRAM_FILE", "INFO_FILE"]
+__all__ = ["ProgramInfo", "save_program", "load_program", "make_deterministic", "PROGRAM_FILE", "INFO_FILE"]
 
 PROGRAM_FILE = "program.pt2"
 INPUTS_FILE = "example_inputs.pt"
@@ -81,24 +81,58 @@ class ProgramInfo:
         return cls(**data)
 
     def torch_dynamic_shapes(self):
-        """``dynamic_shapes`` as torch.export expects it (torch.export.Dim objects)."""
+        """``dynamic_shapes`` as torch.export expects it (torch.export.Dim objects).
+
+        An entry for an input that is a dict (e.g. the LLM's
+        ``{"input_pos": pos}``) is a dict keyed by the input's own keys, each
+        value again None or ``{dim_index: {...}}``.
+        """
         if self.dynamic_shapes is None:
             return None
         from torch.export import Dim
 
         dims: dict[str, Any] = {}
-        spec = []
-        for arg in self.dynamic_shapes:
+
+        def convert(arg):
             if arg is None:
-                spec.append(None)
-                continue
+                return None
+            if not all(str(k).isdigit() for k in arg):
+                return {k: convert(v) for k, v in arg.items()}
             entry = {}
             for index, d in arg.items():
                 if d["name"] not in dims:
                     dims[d["name"]] = Dim(d["name"], min=d["min"], max=d["max"])
                 entry[int(index)] = dims[d["name"]]
-            spec.append(entry)
-        return tuple(spec)
+            return entry
+
+        return tuple(convert(arg) for arg in self.dynamic_shapes)
+
+
+def make_deterministic(ep) -> None:
+    """Strip per-process values from node metadata so the saved program is byte-stable.
+
+    ``torch.export.save`` serializes each node's ``nn_module_stack`` (keyed by
+    ``id()`` of module objects), ``from_node`` provenance (holding ``id()`` of
+    graphs) and ``stack_trace`` (absolute source paths). Module-stack keys are
+    renamed by order of first appearance (the structure is kept); the other two
+    are dropped: they are debugging aids, not part of the program.
+    """
+    keys: dict[str, str] = {}
+    for module in ep.graph_module.modules():
+        graph = getattr(module, "graph", None)
+        if graph is None:
+            continue
+        for node in graph.nodes:
+            node.meta.pop("from_node", None)
+            node.meta.pop("stack_trace", None)
+            stack = node.meta.get("nn_module_stack")
+            if stack:
+                renamed = {}
+                for key, value in stack.items():
+                    if key not in keys:
+                        keys[key] = key if not key.isdigit() else f"m{len(keys)}"
+                    renamed[keys[key]] = value
+                node.meta["nn_module_stack"] = renamed
 
 
 def save_program(out: Path, ep, info: ProgramInfo, example_inputs: tuple, tokenizer: Path | None = None) -> None:
@@ -106,6 +140,7 @@ def save_program(out: Path, ep, info: ProgramInfo, example_inputs: tuple, tokeni
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
+    make_deterministic(ep)
     torch.export.save(ep, out / PROGRAM_FILE)
     torch.save(tuple(example_inputs), out / INPUTS_FILE)
     if tokenizer is not None:

@@ -1,0 +1,358 @@
+"""Checkpoint loaders: HF, Meta and GGUF layouts -> ExecuTorch llama weights.
+
+Every loader returns a :class:`LoadedCheckpoint`: the family, ExecuTorch
+``ModelArgs`` keyword arguments (a JSON-able dict), a state dict in the names
+and rotary layout ExecuTorch's ``Transformer`` expects, the tokenizer file
+and provenance.
+
+Rotary layouts, and why each loader does what it does:
+
+- Meta (``consolidated.00.pth``): q/k rows in Meta's interleaved-pair layout,
+  which ExecuTorch's default rope uses. Loaded as is.
+- Hugging Face (``*.safetensors``): ``transformers``' conversion script
+  permutes q/k rows so that "rotate half" works; we undo it
+  (:func:`hf_to_meta_qk`) unless the family runs ExecuTorch's HF rope.
+- GGUF (llama.cpp): its converter applies the same un-permutation to HF
+  weights, so GGUF q/k are already in Meta's layout. Loaded as is.
+
+Nothing here unpickles arbitrary code: ``torch.load(weights_only=True)`` for
+``.pth``, safetensors and GGUF are plain tensor containers. Tensors are
+memory-mapped where the format allows.
+
+Example::
+
+    ckpt = load_checkpoint(Path("out/tiny-llama-ckpt"), dtype="fp32")
+    ckpt.model_args["dim"], ckpt.tokenizer, sorted(ckpt.state_dict)[:2]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .families import GGUF_TO_META, HF_TO_META, Family, family_for_hf_config, get_family, map_name
+
+__all__ = [
+    "LoadedCheckpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "detect_format",
+    "hf_to_meta_qk",
+    "meta_to_hf_qk",
+    "TORCH_DTYPES",
+]
+
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be read (one clear line)."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint mapped onto ExecuTorch's llama Transformer."""
+
+    family: Family
+    format: str
+    model_args: dict[str, Any]
+    state_dict: dict[str, Any]
+    tokenizer: Path | None = None
+    #: Extra tokenizer files to ship next to it (tokenizer_config.json).
+    tokenizer_extras: list[Path] = field(default_factory=list)
+    #: tokenizer.json text rebuilt from GGUF metadata (when there is no file).
+    tokenizer_json: str | None = None
+    #: Runtime metadata the checkpoint implies (bos/eos ids).
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: Provenance from checkpoint.json (format, family, synthetic, source, revision, ...).
+    source: dict[str, Any] = field(default_factory=dict)
+    #: dtype of the stored weights ("fp32", "bf16", ...).
+    checkpoint_dtype: str = "fp32"
+
+    def write_tokenizer(self, dest: Path) -> Path | None:
+        """Copy (or write) the tokenizer and its extras into ``dest``; return its path."""
+        import shutil
+
+        dest.mkdir(parents=True, exist_ok=True)
+        if self.tokenizer_json is not None:
+            out = dest / "tokenizer.json"
+            out.write_text(self.tokenizer_json, encoding="utf-8")
+            return out
+        if self.tokenizer is None:
+            return None
+        for extra in self.tokenizer_extras:
+            shutil.copyfile(extra, dest / extra.name)
+        out = dest / self.tokenizer.name
+        shutil.copyfile(self.tokenizer, out)
+        return out
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def detect_format(path: Path) -> str:
+    """``"hf"``, ``"meta"`` or ``"gguf"`` for a checkpoint directory (or a .gguf file)."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return "gguf"
+        raise CheckpointError(f"{path.name}: not a checkpoint directory or .gguf file")
+    info = path / "checkpoint.json"
+    if info.exists():
+        fmt = _read_json(info).get("format")
+        if fmt in ("hf", "meta", "gguf"):
+            return fmt
+    if (path / "config.json").exists() and list(path.glob("*.safetensors")):
+        return "hf"
+    if (path / "params.json").exists() and list(path.glob("consolidated*.pth")):
+        return "meta"
+    if list(path.glob("*.gguf")):
+        return "gguf"
+    raise CheckpointError(
+        f"{path}: no checkpoint found (expected config.json + *.safetensors, "
+        "params.json + consolidated.00.pth, or one *.gguf)"
+    )
+
+
+def load_checkpoint(path: Path, dtype: str | None = None) -> LoadedCheckpoint:
+    """Load the checkpoint at ``path``; cast floating weights to ``dtype`` if given."""
+    path = Path(path)
+    fmt = detect_format(path)
+    source = _read_json(path / "checkpoint.json") if path.is_dir() and (path / "checkpoint.json").exists() else {}
+    loader = {"hf": _load_hf, "meta": _load_meta, "gguf": _load_gguf}[fmt]
+    ckpt = loader(path, source.get("family"))
+    ckpt.source = {k: v for k, v in source.items() if k != "files"} or {"format": fmt}
+    if dtype is not None:
+        import torch
+
+        target = getattr(torch, TORCH_DTYPES[dtype])
+        ckpt.state_dict = {
+            k: (v.to(target) if v.is_floating_point() and v.dtype != target else v) for k, v in ckpt.state_dict.items()
+        }
+    return ckpt
+
+
+# -- rotary layout ---------------------------------------------------------
+
+
+def hf_to_meta_qk(w, n_heads: int):
+    """Undo the HF q/k row permutation (rotate-half -> interleaved pairs)."""
+    rows, cols = w.shape[0], w.shape[-1]
+    head_dim = rows // n_heads
+    return w.reshape(n_heads, 2, head_dim // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def meta_to_hf_qk(w, n_heads: int):
+    """The HF permutation (interleaved pairs -> rotate-half); inverse of :func:`hf_to_meta_qk`."""
+    rows, cols = w.shape[0], w.shape[-1]
+    head_dim = rows // n_heads
+    return w.reshape(n_heads, head_dim // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _dtype_name(t) -> str:
+    import torch
+
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(t.dtype, "fp32")
+
+
+def _tie_output(sd: dict) -> None:
+    # ExecuTorch's Transformer has its own output Linear: tied checkpoints
+    # share the embedding (the .pte then stores it twice, as export_llm does).
+    if "output.weight" not in sd and "tok_embeddings.weight" in sd:
+        sd["output.weight"] = sd["tok_embeddings.weight"]
+
+
+# -- Hugging Face ----------------------------------------------------------
+
+
+def _load_hf(path: Path, family_hint: str | None) -> LoadedCheckpoint:
+    from safetensors import safe_open
+
+    config = _read_json(path / "config.json")
+    try:
+        family = family_for_hf_config(config, family_hint)
+        args = family.model_args_from_hf(config)
+    except ValueError as e:
+        raise CheckpointError(f"config.json: {e}") from None
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: config.json but no *.safetensors weights")
+    sd: dict[str, Any] = {}
+    unknown = []
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:  # memory-mapped
+            for name in f.keys():
+                target = map_name(name, HF_TO_META)
+                if target is None:
+                    if not name.endswith("rotary_emb.inv_freq"):
+                        unknown.append(name)
+                    continue
+                t = f.get_tensor(name)
+                if not family.hf_rope and target.endswith(("attention.wq.weight", "attention.wq.bias")):
+                    t = hf_to_meta_qk(t.reshape(t.shape[0], -1), args["n_heads"]).reshape(t.shape)
+                elif not family.hf_rope and target.endswith(("attention.wk.weight", "attention.wk.bias")):
+                    t = hf_to_meta_qk(t.reshape(t.shape[0], -1), args["n_kv_heads"]).reshape(t.shape)
+                sd[target] = t
+    if unknown:
+        raise CheckpointError(f"unexpected weights for family {family.name}: {', '.join(unknown[:5])}")
+    _tie_output(sd)
+    # tokenizer.json (HF fast tokenizers); SentencePiece / tiktoken models otherwise.
+    tokenizer = next((p for p in (path / "tokenizer.json", path / "tokenizer.model") if p.exists()), None)
+    extras = [p for p in (path / "tokenizer_config.json",) if p.exists()]
+    return LoadedCheckpoint(
+        family=family,
+        format="hf",
+        model_args=args,
+        state_dict=sd,
+        tokenizer=tokenizer,
+        tokenizer_extras=extras,
+        metadata=_hf_metadata(path, config),
+        checkpoint_dtype=_dtype_name(sd["tok_embeddings.weight"]),
+    )
+
+
+def _hf_metadata(path: Path, config: dict) -> dict[str, Any]:
+    gen = _read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else {}
+    bos = gen.get("bos_token_id", config.get("bos_token_id"))
+    eos = gen.get("eos_token_id", config.get("eos_token_id"))
+    meta: dict[str, Any] = {}
+    if isinstance(bos, int):
+        meta["get_bos_id"] = bos
+    if eos is not None:
+        meta["get_eos_ids"] = sorted(set(eos if isinstance(eos, list) else [eos]))
+    return meta
+
+
+# -- Meta ------------------------------------------------------------------
+
+
+def _load_meta(path: Path, family_hint: str | None) -> LoadedCheckpoint:
+    import torch
+
+    shards = sorted(path.glob("consolidated*.pth"))
+    if len(shards) != 1:
+        raise CheckpointError(f"{path}: expected one consolidated.00.pth, found {len(shards)} (sharded Meta checkpoints are not supported)")
+    params = _read_json(path / "params.json")
+    family = get_family(family_hint or "llama3_2")
+    try:
+        # weights_only: plain tensors only, never arbitrary pickled code.
+        sd = torch.load(shards[0], map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - a refused pickle must read as one line
+        raise CheckpointError(f"{shards[0].name}: not a plain tensor checkpoint ({type(e).__name__})") from None
+    if "model" in sd and isinstance(sd["model"], dict):
+        sd = sd["model"]
+    sd = dict(sd)
+    _tie_output(sd)
+    args = family.model_args_from_meta(params)
+    if "vocab_size" not in args or args["vocab_size"] <= 0:
+        args["vocab_size"] = int(sd["tok_embeddings.weight"].shape[0])
+    tokenizer = next((p for p in (path / "tokenizer.model", path / "tokenizer.json") if p.exists()), None)
+    return LoadedCheckpoint(
+        family=family,
+        format="meta",
+        model_args=args,
+        state_dict=sd,
+        tokenizer=tokenizer,
+        metadata=dict(family.default_metadata),
+        checkpoint_dtype=_dtype_name(sd["tok_embeddings.weight"]),
+    )
+
+
+# -- GGUF ------------------------------------------------------------------
+
+
+def _load_gguf(path: Path, family_hint: str | None) -> LoadedCheckpoint:
+    from .gguf_io import read_gguf
+
+    file = path if path.is_file() else None
+    if file is None:
+        found = sorted(path.glob("*.gguf"))
+        if len(found) != 1:
+            raise CheckpointError(f"{path}: expected one *.gguf file, found {len(found)}")
+        file = found[0]
+    fields, tensors = read_gguf(file)
+    arch = fields.get("general.architecture")
+    family = get_family(family_hint) if family_hint else None
+    if family is None:
+        if arch == "qwen3":
+            family = get_family("qwen3")
+        elif "smollm" in str(fields.get("general.name", "")).lower():
+            family = get_family("smollm2")
+        else:
+            family = get_family("llama3_2")
+    if arch not in family.gguf_archs:
+        raise CheckpointError(f"{file.name}: GGUF architecture '{arch}' is not read by family {family.name}")
+    try:
+        args = family.model_args_from_gguf(fields)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{file.name}: {e}") from None
+    sd: dict[str, Any] = {}
+    for name, t in tensors.items():
+        target = map_name(name, GGUF_TO_META)
+        if name == "rope_freqs.weight":
+            continue
+        if target is None:
+            raise CheckpointError(f"{file.name}: unexpected tensor {name}")
+        sd[target] = t
+    if "rope_freqs.weight" in tensors:
+        args.update(_llama3_scaling_from_rope_freqs(tensors["rope_freqs.weight"], args, file.name))
+    _tie_output(sd)
+    metadata: dict[str, Any] = {}
+    if "tokenizer.ggml.bos_token_id" in fields:
+        metadata["get_bos_id"] = int(fields["tokenizer.ggml.bos_token_id"])
+    if "tokenizer.ggml.eos_token_id" in fields:
+        metadata["get_eos_ids"] = [int(fields["tokenizer.ggml.eos_token_id"])]
+    return LoadedCheckpoint(
+        family=family,
+        format="gguf",
+        model_args=args,
+        state_dict=sd,
+        tokenizer_json=_gguf_tokenizer(fields),
+        metadata=metadata,
+        checkpoint_dtype="fp32",
+    )
+
+
+def _llama3_scaling_from_rope_freqs(factors, args: dict, where: str) -> dict[str, Any]:
+    """ModelArgs rope scaling that reproduces llama.cpp's ``rope_freqs`` divisors.
+
+    llama.cpp stores llama3 scaling as one divisor per frequency. ExecuTorch
+    computes the same from (scale factor, high_freq_factor) with
+    low_freq_factor 1 and an 8192 original context; the scale factor is the
+    largest divisor, and the result is checked against the tensor so that
+    nothing is silently approximated.
+    """
+    import math
+
+    import torch
+
+    from executorch.examples.models.llama.rope import apply_scaling
+
+    hd = args["head_dim"]
+    base = 1.0 / (args["rope_theta"] ** (torch.arange(0, hd, 2)[: hd // 2].float() / hd))
+    factor = float(factors.max())
+    factor_arg = int(factor) if factor.is_integer() else factor
+    for high in (4, 2, 8, 1.5, 3, 16):
+        expected = base / apply_scaling(base, factor_arg, high)
+        if torch.allclose(expected.float(), factors.float(), rtol=1e-4, atol=1e-4):
+            return {"use_scaled_rope": True, "rope_scale_factor": factor_arg, "high_freq_factor": high}
+    if math.isclose(factor, 1.0):
+        return {}
+    raise CheckpointError(f"{where}: rope_freqs do not match llama3 rope scaling ExecuTorch can express")
+
+
+def _gguf_tokenizer(fields: dict) -> str | None:
+    """tokenizer.json text rebuilt from GGUF metadata (BPE "gpt2" tokenizers only)."""
+    from .tokenizer import tokenizer_json_from_vocab
+
+    if fields.get("tokenizer.ggml.model") != "gpt2" or "tokenizer.ggml.merges" not in fields:
+        return None
+    tokens = list(fields["tokenizer.ggml.tokens"])
+    types = list(fields.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    special = [i for i, ty in enumerate(types) if ty in (3, 4)]  # CONTROL, USER_DEFINED
+    bos = fields.get("tokenizer.ggml.bos_token_id")
+    add_bos = bool(fields.get("tokenizer.ggml.add_bos_token", bos is not None))
+    return tokenizer_json_from_vocab(tokens, list(fields["tokenizer.ggml.merges"]), special, bos if add_bos else None)
