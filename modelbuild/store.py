@@ -31,7 +31,6 @@ Example::
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os

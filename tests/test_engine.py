@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
-import textwrap
 
 import pytest
 
