@@ -277,9 +277,13 @@ class Store:
             os.replace(src, blob)
             dirs.add(blob.parent)
             now = os.stat(blob)
-            unchanged = (now.st_ino, now.st_size, now.st_mtime_ns) == (
-                st1.st_ino, st1.st_size, _mat.CANONICAL_MTIME_NS)
-            if not unchanged:
+            if now.st_ino != st1.st_ino:
+                # Another process stored the same content in the meantime and
+                # its rename won; accept its file only if it hashes the same.
+                if hash_file(blob) != digest:
+                    raise StoreError(f"blob {blob.name} was replaced by different content while {rel} was being stored")
+                now = os.stat(blob)
+            elif (now.st_size, now.st_mtime_ns) != (st1.st_size, _mat.CANONICAL_MTIME_NS):
                 raise StoreError(f"{rel} changed while it was being stored")
             self.stat_cache.remember(now, digest)
         return Entry(rel, exe, digest, st1.st_size)
