@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,6 +59,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15)
     args = ap.parse_args()
     root = make_project(args.size_gb)
+    for leftover in ("cache", "out"):  # a truly cold first build
+        shutil.rmtree(root / leftover, ignore_errors=True)
     mb = [sys.executable, "-m", "modelbuild.cli", "build", "-q"]
     first = timed(mb + ["--full-check"], root)  # cold: hashes the 2 GB input once, runs 20 steps
     time.sleep(2.2)  # leave the racy-file window of the outputs just written
