@@ -301,3 +301,18 @@ def test_judging_a_broken_artifact_is_a_clean_error(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(StepError, match="measurements.json unreadable"):
         _judge(tmp_path / "m", min_cosine=0.9)
+
+
+def test_program_without_kv_cache_validates_by_rerunning_the_sequence(tmp_path):
+    """A no-KV-cache export (dynamic token dimension) is scored by feeding the whole
+    sequence each step; it must agree with the reference as the KV-cache export does."""
+    api = pytest.importorskip("modelbuild.api")
+    pytest.importorskip("modelbuild.ml.llm.synthetic")
+    project = tmp_path / "proj"
+    (project / "recipes").mkdir(parents=True)
+    recipe = ENGINE_RECIPE.replace("use_kv_cache = true", "use_kv_cache = false\nenable_dynamic_shape = true")
+    (project / "recipes" / "v.toml").write_text(recipe)
+    result = api.build(["v-validate"], project=project, cache_dir=tmp_path / "cache", jobs=2)
+    assert result.ok, {n: (t.status, t.reason) for n, t in result.targets.items()}
+    measured = json.loads((result.targets["v-validate"].out / "measurements.json").read_text())["summary"]
+    assert measured["cosine"] > 0.999 and measured["token_agreement"] == 1.0

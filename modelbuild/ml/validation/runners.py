@@ -71,6 +71,22 @@ def _last_logits(out) -> np.ndarray:
         t = t.float()
     return t.reshape(-1, t.shape[-1])[-1].numpy()
 
+def _full_sequence_steps(forward: Callable[[Any], Any]) -> Callable[[], Callable[[int, int], np.ndarray]]:
+    """Step factories for a program without a KV cache: each step reruns the
+    whole sequence so far (truncated to ``pos``) and returns the last logits."""
+    import torch
+
+    def make_step():
+        seq: list[int] = []
+
+        def step(tok: int, pos: int) -> np.ndarray:
+            del seq[pos:]
+            seq.append(tok)
+            return _last_logits(forward(torch.tensor([seq], dtype=torch.long)))
+        return step
+    return make_step
+
+
 
 class LLMRunner:
     """An LLM artifact behind one call: ``step(token, pos) -> logits``.
@@ -197,16 +213,11 @@ def _open_exported(path: Path) -> LLMRunner | ModuleRunner:
         if not (info.enable_dynamic_shape or info.dynamic_shapes):
             raise ValueError(_STATIC_NO_KV)
 
-        def make_step():
-            seq: list[int] = []
+        def forward(tokens):
+            with torch.no_grad():
+                return module(tokens)
 
-            def step(tok: int, pos: int) -> np.ndarray:
-                del seq[pos:]
-                seq.append(tok)
-                with torch.no_grad():
-                    out = module(torch.tensor([seq], dtype=torch.long))
-                return _last_logits(out)
-            return step
+        make_step = _full_sequence_steps(forward)
     tokenizer = path / info.tokenizer if info.tokenizer else None
     return LLMRunner(artifact_kind="exported-program", path=path, size_bytes=size, load_time_s=load_time,
                      max_seq_len=_usable(max_seq, info.use_kv_cache), make_step=make_step, tokenizer=tokenizer,
@@ -263,14 +274,7 @@ def _open_pte(path: Path) -> LLMRunner | ModuleRunner:
         if not bool(meta.get("enable_dynamic_shape", [info.get("enable_dynamic_shape", False)])[0]):
             raise ValueError(_STATIC_NO_KV)
 
-        def make_step():
-            seq: list[int] = []
-
-            def step(tok: int, pos: int) -> np.ndarray:
-                del seq[pos:]
-                seq.append(tok)
-                return _last_logits(method.execute([torch.tensor([seq], dtype=torch.long)]))
-            return step
+        make_step = _full_sequence_steps(lambda tokens: method.execute([tokens]))
     tok_name = info.get("tokenizer")
     tokenizer = path / tok_name if tok_name and (path / tok_name).exists() else None
     return LLMRunner(artifact_kind="pte", path=path, size_bytes=size, load_time_s=load_time,
