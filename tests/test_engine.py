@@ -195,6 +195,13 @@ class MacOnly(Step):
     def elsewhere(self, target, params):
         return f"xcrun do-it {target}"
 
+class MacMeasure(Step):
+    name = "macmeasure"
+    output = "measurements"
+    requires = Requirements(platforms=("macos",))
+    def run(self, ctx):
+        (ctx.out / "measurements.json").write_text("{}")
+
 class Late(Step):
     name = "late"
     output = "files"
@@ -233,7 +240,7 @@ def plugins(tmp_path, monkeypatch):
 
     def discover(cls):
         reg = real(cls)
-        extra = {n: StepInfo(n, f"mb_test_plugins:{c}") for n, c in [("maconly", "MacOnly"), ("late", "Late"), ("measure", "Measure")]}
+        extra = {n: StepInfo(n, f"mb_test_plugins:{c}") for n, c in [("maconly", "MacOnly"), ("late", "Late"), ("measure", "Measure"), ("macmeasure", "MacMeasure")]}
         return cls({**{i.name: i for i in reg}, **extra})
 
     monkeypatch.setattr(Registry, "discover", classmethod(discover))
@@ -287,6 +294,12 @@ def test_threshold_change_rejudges_without_rerunning(project, plugins):
 
 
 def test_require_validation_fails_unvalidated(project, plugins):
-    project.recipe("[targets.v]\nstep = 'late'\n")
-    # 'late' outputs files, so it is not validation: stays unavailable
-    assert project.build("v", require_validation=True).targets["v"].status == "unavailable"
+    project.recipe("[targets.v]\nstep = 'macmeasure'\n[targets.other]\nstep = 'maconly'\n")
+    relaxed = project.build("v", "other")
+    assert relaxed.targets["v"].status == "unavailable"
+    assert relaxed.targets["v"].reason == "not validated here: needs macOS"
+    assert relaxed.ok
+    strict = project.build("v", "other", require_validation=True)
+    assert strict.targets["v"].status == "failed" and "--require-validation" in strict.targets["v"].reason
+    assert strict.targets["other"].status == "unavailable"  # not a validation: stays unavailable
+    assert not strict.ok
