@@ -85,11 +85,13 @@ class LiveRenderer:
 
     def _render(self):
         from rich.table import Table
+        from rich.text import Text
 
         table = Table.grid(padding=(0, 2))
         now = time.monotonic()
         for name, (step, started, note) in sorted(self.running.items()):
-            table.add_row("[cyan]running[/]", name, step, f"{now - started:5.1f}s", note)
+            # Text objects, not markup: target names and notes are user data.
+            table.add_row(Text("running", style="cyan"), Text(name), Text(step), Text(f"{now - started:5.1f}s"), Text(note))
         return table
 
     def handle(self, event: Event) -> None:
@@ -104,8 +106,12 @@ class LiveRenderer:
             self.running[event.target] = (step, started, note)
         elif event.kind == "finish" and event.result is not None:
             self.running.pop(event.target, None)
+            if self._live is not None:
+                self._live.refresh()  # drop the finished row before printing above the display
             r = event.result
-            self.console.print(format_result_line(r), style=_STYLE.get(r.status), highlight=False, markup=False)
+            from rich.text import Text
+
+            self.console.print(Text(format_result_line(r), style=_STYLE.get(r.status) or ""), soft_wrap=True)
 
 
 def make_renderer(stream: IO[str] | None = None, *, quiet: bool = False):
