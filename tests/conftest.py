@@ -93,6 +93,22 @@ def chain(project) -> Project:
     return project
 
 
+@pytest.fixture
+def count_hashes(monkeypatch):
+    """Count calls to hash_file made through the hashing module."""
+    from modelbuild import hashing
+
+    calls = []
+    real = hashing.hash_file
+
+    def counting(path):
+        calls.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(hashing, "hash_file", counting)
+    return calls
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None):
     import subprocess
     import sys

@@ -18,20 +18,6 @@ from modelbuild.hashing import (
 )
 
 
-@pytest.fixture
-def count_hashes(monkeypatch):
-    """Count calls to hash_file made through the hashing module."""
-    calls = []
-    real = hashing.hash_file
-
-    def counting(path):
-        calls.append(Path(path))
-        return real(path)
-
-    monkeypatch.setattr(hashing, "hash_file", counting)
-    return calls
-
-
 def test_hash_bytes_is_blake3_with_prefix():
     assert hash_bytes(b"") == "b3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
     assert hash_bytes(b"abc") == "b3:" + blake3.blake3(b"abc").hexdigest()

@@ -6,11 +6,9 @@ import errno
 import os
 import stat
 import time
-from pathlib import Path
 
 import pytest
 
-from modelbuild import hashing
 from modelbuild import materialize as mat
 from modelbuild.errors import CacheCorrupt, StoreError
 from modelbuild.hashing import Manifest, manifest_of
@@ -22,19 +20,6 @@ def store(tmp_path):
     s = Store(tmp_path / "cache")
     yield s
     s.close()
-
-
-@pytest.fixture
-def count_hashes(monkeypatch):
-    calls = []
-    real = hashing.hash_file
-
-    def counting(path):
-        calls.append(Path(path))
-        return real(path)
-
-    monkeypatch.setattr(hashing, "hash_file", counting)
-    return calls
 
 
 def ingest(store: Store, files: dict[str, bytes], exe=()) -> Manifest:
