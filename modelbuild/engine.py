@@ -190,19 +190,24 @@ class Engine:
             toolchain=self.toolchain(node),
         )
         key = action_key(record)
-        reasons: list[str] = []
-        try:
-            hit = self.store.get_action(key)
-        except CacheCorrupt as exc:
-            hit, reasons = None, [f"cache entry corrupt: {exc}"]
-        if hit is not None:
-            problems = self.store.missing_or_corrupt(hit.manifest)
-            if problems:
-                reasons = [f"cache entry corrupt: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")]
-                hit = None
+        hit, reasons = self.lookup(key)
         if hit is None and not reasons:
             reasons = self.miss_reasons(node.name, record, key)
         return Prepared(key, record, hit, reasons)
+
+    def lookup(self, key: str) -> tuple[ActionRecord | None, list[str]]:
+        """The usable record for ``key``, or None with the corruption found (if any)."""
+        try:
+            hit = self.store.get_action(key)
+        except CacheCorrupt as exc:
+            return None, [f"cache entry corrupt: {exc}"]
+        if hit is None:
+            return None, []
+        problems = self.store.missing_or_corrupt(hit.manifest)
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            return None, [f"cache entry corrupt: {problems[0]}{more}"]
+        return hit, []
 
     def miss_reasons(self, name: str, record: dict[str, Any], key: str) -> list[str]:
         previous = self.history.load(name)
@@ -326,11 +331,8 @@ class Engine:
         with self.store.lock(prepared.key):
             # Another builder may have finished this key while we waited for the lock.
             if prepared.hit is None:
-                try:
-                    again = self.store.get_action(prepared.key)
-                except CacheCorrupt:
-                    again = None
-                if again is not None and not self.store.missing_or_corrupt(again.manifest):
+                again, _ = self.lookup(prepared.key)
+                if again is not None:
                     prepared = Prepared(prepared.key, prepared.record, again, prepared.reasons)
             result = self._realize(node, upstream, prepared)
         if result.ok:
