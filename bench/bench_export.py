@@ -86,8 +86,11 @@ def measure(cmd: list[str], cwd: Path, log: Path) -> Run:
 # -- inputs -------------------------------------------------------------------
 
 
-def prepare_checkpoints(work: Path, architecture: str, size: str) -> tuple[Path, Path, dict]:
-    """HF-layout dir (for modelbuild) and Meta-layout dir (for export_llm) of the same weights."""
+def prepare_checkpoints(work: Path, architecture: str, size: str, dtype: str = "fp32") -> tuple[Path, Path, dict]:
+    """HF-layout dir (for modelbuild) and Meta-layout dir (for export_llm) of the same weights.
+
+    The Meta-layout weights are stored in ``dtype`` (Meta's own checkpoints are bf16).
+    """
     import torch
 
     from modelbuild.ml.llm.checkpoint import load_checkpoint
@@ -96,7 +99,7 @@ def prepare_checkpoints(work: Path, architecture: str, size: str) -> tuple[Path,
     hf = work / "project" / "ckpt"
     fields = write_synthetic_checkpoint(hf, architecture, size, 0)
     (hf / "checkpoint.json").write_text(json.dumps({**fields, "source": "synthetic"}, sort_keys=True))
-    loaded = load_checkpoint(hf, dtype="fp32")
+    loaded = load_checkpoint(hf, dtype=dtype)
     meta = work / "meta"
     meta.mkdir(parents=True)
     torch.save(loaded.state_dict, meta / "consolidated.00.pth")

@@ -215,6 +215,7 @@ def lower_program(
     from executorch.backends.xnnpack._passes.convert_to_linear import ConvertToLinearPass
 
     from .coreml.delegate import deterministic_coreml_delegate
+    from .program import no_stack_traces
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
@@ -224,7 +225,7 @@ def lower_program(
     if options.backend == "coreml":
         _persist_buffers(ep)
     patch = deterministic_coreml_delegate() if options.backend == "coreml" else contextlib.nullcontext()
-    with patch, torch.no_grad():
+    with patch, torch.no_grad(), no_stack_traces():
         edge = to_edge_transform_and_lower(
             ep,
             partitioner=partitioners or None,

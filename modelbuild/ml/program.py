@@ -20,13 +20,16 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ProgramInfo", "save_program", "load_program", "make_deterministic", "PROGRAM_FILE", "INFO_FILE"]
+__all__ = [
+    "ProgramInfo", "save_program", "load_program", "make_deterministic", "no_stack_traces", "PROGRAM_FILE", "INFO_FILE"]
 
 PROGRAM_FILE = "program.pt2"
 INPUTS_FILE = "example_inputs.pt"
@@ -106,6 +109,26 @@ class ProgramInfo:
             return entry
 
         return tuple(convert(arg) for arg in self.dynamic_shapes)
+
+
+@contextlib.contextmanager
+def no_stack_traces():
+    """Trace without capturing a Python stack trace for every new FX node.
+
+    Each ``torch.export`` / ``run_decompositions`` / lowering pass re-traces the
+    graph, and for nodes without a ``stack_trace`` (saved programs carry none:
+    :func:`make_deterministic` drops them) the tracer captures and formats the
+    interpreter stack per node. That was 20-30 s of a 135M lowering. The traces
+    are debugging aids: neither the saved program nor the ``.pte`` holds them.
+    """
+    import torch.fx.config as fx_config
+
+    before = fx_config.do_not_emit_stack_traces
+    fx_config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        fx_config.do_not_emit_stack_traces = before
 
 
 def make_deterministic(ep) -> None:

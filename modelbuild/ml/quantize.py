@@ -205,7 +205,9 @@ def _export(module, example_inputs: tuple, dynamic_shapes):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with sdpa_kernel([SDPBackend.MATH]), torch.no_grad():
+    from .program import no_stack_traces
+
+    with sdpa_kernel([SDPBackend.MATH]), torch.no_grad(), no_stack_traces():
         return torch.export.export(module, tuple(example_inputs), dynamic_shapes=dynamic_shapes, strict=False)
 
 

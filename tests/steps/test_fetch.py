@@ -174,6 +174,27 @@ def test_hf_subdir_fetches_the_meta_files_of_a_repo(tmp_path, hub, monkeypatch):
     assert not any(r.path.endswith("model.safetensors") for r in hub.requests)
 
 
+def test_shipped_llama_1b_fetch_takes_the_meta_files_of_the_hub_repo(tmp_path, hub):
+    """The fetch params of recipes/llama-1b-ios.toml, as shipped, against a repo laid out as the real one."""
+    import tomllib
+
+    recipe = tomllib.loads((Path(__file__).resolve().parents[2] / "recipes" / "llama-1b-ios.toml").read_text())
+    params = {k: v for k, v in recipe["targets"]["llama-1b-ckpt"].items() if k not in ("step", "description")}
+    repo = params["source"].removeprefix("hf://")
+    hub.repos[repo] = {
+        "config.json": HF_FILES["config.json"],
+        "model.safetensors": HF_FILES["model.safetensors"],
+        "original/params.json": b'{"dim": 8}',
+        "original/consolidated.00.pth": b"weights",
+        "original/tokenizer.model": b"tok",
+        "original/README.md": b"not wanted",
+    }
+    hub.commits[repo] = "2" * 40
+    out, _ = run_fetch(params, tmp_path)
+    assert record(out)["format"] == "meta"
+    assert rec_files(out) == ["consolidated.00.pth", "params.json", "tokenizer.model"]
+
+
 def test_hf_gated_repo(tmp_path, hub, monkeypatch, capfd):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     with pytest.raises(StepError, match="accept the licence") as info:
