@@ -89,9 +89,11 @@ def modelbuild_cmd(project: Path, work: Path, group: int, seq: int, repo: Path) 
     return cmd
 
 
-def steps_of(report: Path) -> list[tuple[str, str, float]]:
+def steps_of(report: Path) -> list[tuple[str, str, float, float | None]]:
+    """(target, status, seconds, peak RSS in MB of its step process) per target of a build report."""
     data = json.loads(report.read_text())
-    return [(name, t["status"], t["duration_s"]) for name, t in data["targets"].items()]
+    return [(name, t["status"], t["duration_s"], (t.get("peak_rss_bytes") or 0) / 2**20 or None)
+            for name, t in data["targets"].items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                          (f"rebuild, group {args.group} -> {args.tweak_group}", work / f"report-g{args.tweak_group}.json")):
         if report.exists():
             lines.append(f"  modelbuild {name}:")
-            for target, status, seconds in steps_of(report):
-                lines.append(f"    {target:<24} {status:<8} {seconds:8.1f} s")
+            for target, status, seconds, rss in steps_of(report):
+                peak = f"{rss:8.0f} MB" if rss else ""
+                lines.append(f"    {target:<24} {status:<8} {seconds:8.1f} s {peak}")
     sizes = {t: (work / "out" / t / "model.pte") for t in TARGETS}
     lines.append("  .pte sizes: " + ", ".join(f"{t} {p.stat().st_size / 1e9:.2f} GB" for t, p in sizes.items() if p.exists()))
     lines.append(f"{'':<36} {'wall s':>9} {'peak RSS MB':>12}  ok")

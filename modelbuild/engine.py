@@ -65,6 +65,8 @@ class TargetResult:
     summary: str = ""
     verdict: dict[str, Any] | None = None
     command: str | None = None
+    #: Peak RSS of the step's process when it ran in this build (None when cached).
+    peak_rss_bytes: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -362,11 +364,12 @@ class Engine:
             return self._unavailable(node, outcome.needs or outcome.reason, outcome.command)
         if outcome.status != "ok" or record is None:
             return TargetResult(name, step.name, FAILED, outcome.reason, prepared.reasons, prepared.key,
-                                duration_s=outcome.duration_s, log=log)
+                                duration_s=outcome.duration_s, log=log, peak_rss_bytes=outcome.peak_rss_bytes)
         self.store.materialize(record.manifest, dest)
         return TargetResult(
             name, step.name, BUILT, reason, prepared.reasons, prepared.key, record.manifest.digest,
             record.manifest.size, outcome.duration_s, dest, log, record.summary,
+            peak_rss_bytes=outcome.peak_rss_bytes,
         )
 
     def _run(self, node: Node, upstream: dict[str, TargetResult], prepared: Prepared) -> tuple[JobOutcome, ActionRecord | None, Path]:

@@ -46,6 +46,8 @@ class JobOutcome:
     duration_s: float = 0.0
     needs: str | None = None
     command: str | None = None
+    #: Peak RSS of the step's process (and the processes it waited for), when it reported one.
+    peak_rss_bytes: int | None = None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -103,6 +105,7 @@ def run_job(job: dict[str, Any], job_dir: Path, on_progress: Callable[[dict], No
         result = json.loads(result_path.read_text())
     except (OSError, ValueError):
         result = None
+    rss = result.get("peak_rss_bytes") if isinstance(result, dict) else None
     if code < 0:
         name = signal.Signals(-code).name
         hint = " (out of memory?)" if -code == signal.SIGKILL else ""
@@ -110,9 +113,10 @@ def run_job(job: dict[str, Any], job_dir: Path, on_progress: Callable[[dict], No
     if result is None:
         return JobOutcome("failed", f"step process exited with code {code} without a result", duration_s=duration)
     if result["status"] == "ok" and code == 0:
-        return JobOutcome("ok", summary=result.get("summary", ""), duration_s=duration)
+        return JobOutcome("ok", summary=result.get("summary", ""), duration_s=duration, peak_rss_bytes=rss)
     if result["status"] == "unavailable":
         return JobOutcome(
-            "unavailable", result.get("reason", ""), duration_s=duration, needs=result.get("needs"), command=result.get("command")
+            "unavailable", result.get("reason", ""), duration_s=duration, needs=result.get("needs"),
+            command=result.get("command"), peak_rss_bytes=rss,
         )
-    return JobOutcome("failed", result.get("reason", f"exit code {code}"), duration_s=duration)
+    return JobOutcome("failed", result.get("reason", f"exit code {code}"), duration_s=duration, peak_rss_bytes=rss)

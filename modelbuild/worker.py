@@ -21,7 +21,32 @@ import traceback
 from pathlib import Path
 
 
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process and of the processes it waited for.
+
+    On Linux the process's own peak is ``VmHWM``: ``ru_maxrss`` survives
+    ``execve``, so it would report the peak of whatever process forked the
+    worker (a large Python process calling the API, say).
+    """
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if sys.platform == "darwin":  # bytes there
+        return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, children)
+    own = 0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    own = int(line.split()[1])  # kB
+                    break
+    except OSError:
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return 1024 * max(own, children)  # KiB
+
+
 def _write_result(path: Path, result: dict) -> None:
+    result = {**result, "peak_rss_bytes": peak_rss_bytes()}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     os.replace(tmp, path)

@@ -303,3 +303,32 @@ def test_require_validation_fails_unvalidated(project, plugins):
     assert strict.targets["v"].status == "failed" and "--require-validation" in strict.targets["v"].reason
     assert strict.targets["other"].status == "unavailable"  # not a validation: stays unavailable
     assert not strict.ok
+
+
+def test_report_gives_each_run_step_its_peak_rss(project):
+    """The step's own peak RSS (including what it waited for) is in the report; cached steps have none.
+
+    This process holds 600 MB while building: a worker forked from it must not
+    report this process's peak as its own (ru_maxrss survives execve).
+    """
+    import sys
+
+    ballast = bytearray(600 * 2**20)
+    ballast[::4096] = bytes(len(ballast) // 4096)
+
+    project.recipe(f"""
+        [targets.small]
+        step = "command"
+        command = "echo small > $MODELBUILD_OUT/s.txt"
+
+        [targets.big]
+        step = "command"
+        command = "{sys.executable} -c 'b = bytearray(400 * 2**20); b[::4096] = bytes(len(b) // 4096)' && echo big > $MODELBUILD_OUT/b.txt"
+    """)
+    first = project.build("small", "big")
+    assert first.targets["big"].peak_rss_bytes > 400 * 2**20
+    assert 0 < first.targets["small"].peak_rss_bytes < 400 * 2**20
+    assert first.to_json()["targets"]["big"]["peak_rss_bytes"] == first.targets["big"].peak_rss_bytes
+    again = project.build("small", "big")
+    assert again.targets["big"].status == "cached" and again.targets["big"].peak_rss_bytes is None
+    del ballast

@@ -21,7 +21,7 @@ with the example inputs and dynamic shapes stored next to it.
 Example::
 
     from modelbuild.ml.quantize import Scheme, quantize_program
-    ep2, applied = quantize_program(ep, example_inputs, dynamic_shapes, Scheme(linear="8da4w", group_size=32))
+    ep2, applied, log = quantize_program(ep, example_inputs, dynamic_shapes, Scheme(linear="8da4w", group_size=32))
 """
 
 from __future__ import annotations
@@ -214,6 +214,9 @@ def _export(module, example_inputs: tuple, dynamic_shapes):
 def quantize_program(ep, example_inputs: tuple, dynamic_shapes, scheme: Scheme) -> tuple[Any, dict[str, Any], list[str]]:
     """Apply ``scheme`` to ``ep``; return ``(new program, applied record, log lines)``.
 
+    Consumes ``ep``: its weights move into the new program (``ep`` is left
+    without them).
+
     Raises :class:`SchemeError` when the scheme finds nothing to apply to
     (e.g. embedding quantization on a program without an embedding) or
     cannot apply (a pt2e quantizer on an already-quantized program).
@@ -228,6 +231,11 @@ def quantize_program(ep, example_inputs: tuple, dynamic_shapes, scheme: Scheme) 
         raise SchemeError(f"pt2e quantizer {scheme.pt2e!r} needs a float program, but this one is already quantized")
 
     gm = ep.module()
+    # gm holds the same weight tensors as ep. Dropping ep's references lets each
+    # float weight be freed as soon as its quantized replacement exists, instead
+    # of keeping the whole float model alive next to the quantized one.
+    ep._state_dict.clear()
+    ep._constants.clear()
     if scheme.embedding_bits:
         n = _quantize_embeddings(gm, scheme, log)
         if n == 0:

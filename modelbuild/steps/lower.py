@@ -35,6 +35,11 @@ from modelbuild.step import Input, Params, Step, StepContext
 __all__ = ["LowerStep", "default_metadata"]
 
 _IOS = {"iOS15": 15, "iOS16": 16, "iOS17": 17, "iOS18": 18}
+#: The parameters that apply to one backend only (recorded in program.json's "lower").
+_BACKEND_PARAMS = {
+    "coreml": ("compute_units", "minimum_deployment_target", "precision", "coreml_quantize"),
+    "xnnpack": ("xnnpack_ops", "xnnpack_bf16"),
+}
 
 
 def default_metadata(info) -> dict:
@@ -86,18 +91,27 @@ class LowerStep(Step):
             "none",
             description="Core ML: weight compression at conversion (b4w = int4 blocks of 32, c4w = int4 per channel).",
         )
+        xnnpack_ops: Literal["all", "quantized_linears"] = Field(
+            "all",
+            description="XNNPACK: ``all`` delegates every op XNNPACK takes, dynamically quantized linears first "
+            "(export_llm -X --xnnpack-extended-ops); ``quantized_linears`` only the dynamically quantized "
+            "linears (export_llm -X).",
+        )
+        xnnpack_bf16: bool = Field(
+            False,
+            description="XNNPACK: delegate bf16 ops too (export_llm backend.xnnpack.enable_bf16). Without it every "
+            "op of a bf16 program, quantized linears included, stays on the portable path. The device needs "
+            "XNNPACK's bf16 kernels.",
+        )
 
     def check(self, params: Params, input_kinds: Mapping[str, str | list[str]]) -> None:
-        core_ml_only = {
-            "compute_units": "cpu_only",
-            "minimum_deployment_target": "iOS18",
-            "precision": "fp16",
-            "coreml_quantize": "none",
-        }
+        for backend, keys in _BACKEND_PARAMS.items():
+            if params.backend == backend:
+                continue
+            for key in keys:
+                if getattr(params, key) != type(params).model_fields[key].default:
+                    raise RecipeError(f"{key} applies only to backend = \"{backend}\" (backend is {params.backend!r})", key=key)
         if params.backend != "coreml":
-            for key, default in core_ml_only.items():
-                if getattr(params, key) != default:
-                    raise RecipeError(f"{key} applies only to backend = \"coreml\" (backend is {params.backend!r})", key=key)
             return
         ios = _IOS[params.minimum_deployment_target]
         if params.coreml_quantize == "b4w" and ios < 18:
@@ -132,6 +146,8 @@ class LowerStep(Step):
             minimum_deployment_target=p.minimum_deployment_target,
             precision=p.precision,
             coreml_quantize=None if p.coreml_quantize == "none" else p.coreml_quantize,
+            xnnpack_ops=p.xnnpack_ops,
+            xnnpack_bf16=p.xnnpack_bf16,
         )
         metadata = default_metadata(info)
         try:
@@ -144,6 +160,13 @@ class LowerStep(Step):
         partition = dict(result.partition)
         partition["backend"] = p.backend
         ctx.write_json("partition.json", partition)
+        left = partition["portable"].get("aten.linear.default", 0)
+        warning = ""
+        if p.backend == "xnnpack" and info.quantization and info.dtype == "bf16" and left and not p.xnnpack_bf16:
+            warning = (
+                f"; warning: {left} linears of this quantized bf16 program run on the portable path "
+                "(set xnnpack_bf16 = true to delegate them)"
+            )
 
         if info.tokenizer:
             src = program.file(info.tokenizer)
@@ -156,7 +179,7 @@ class LowerStep(Step):
             "family": info.family,
             "dtype": info.dtype,
             "backend": p.backend,
-            "lower": {k: v for k, v in p.model_dump().items() if k != "backend"} if p.backend == "coreml" else {},
+            "lower": {k: getattr(p, k) for k in _BACKEND_PARAMS.get(p.backend, ())},
             "deprecated_backend": p.backend == "mps",
             "metadata": metadata,
             "tokenizer": info.tokenizer,
@@ -178,6 +201,6 @@ class LowerStep(Step):
         ctx.summary = (
             f"{p.backend}{' (deprecated upstream)' if p.backend == 'mps' else ''}: "
             f"{result.size / 1e6:.2f} MB, {totals['delegated']} ops delegated, "
-            f"{totals['portable']} on the portable CPU path"
+            f"{totals['portable']} on the portable CPU path{warning}"
         )
         ctx.log(ctx.summary)

@@ -142,3 +142,26 @@ def test_coreml_refuses_a_dynamic_shape_llm(tmp_path):
     # The shared tiny export has a dynamic token dimension (XNNPACK's).
     with pytest.raises(StepError, match="static shapes"):
         run_step(LowerStep, {"backend": "coreml"}, {"program": A.program_artifact(A.tiny_export())}, tmp_path)
+
+
+def test_xnnpack_options_need_the_xnnpack_backend():
+    for key, value in (("xnnpack_ops", "quantized_linears"), ("xnnpack_bf16", True)):
+        with pytest.raises(RecipeError) as err:
+            _check(backend="coreml", **{key: value})
+        assert err.value.key == key
+    _check(backend="xnnpack", xnnpack_ops="quantized_linears", xnnpack_bf16=True)
+
+
+def test_quantized_linears_only_delegates_just_the_8da4w_linears():
+    everything = json.loads((A.lowered(A.quantized(), "xnnpack") / "partition.json").read_text())
+    linears = json.loads((A.lowered(A.quantized(), "xnnpack", xnnpack_ops="quantized_linears") / "partition.json").read_text())
+    assert len(everything["delegated"]["XnnpackBackend"]) > 1
+    assert set(linears["delegated"]["XnnpackBackend"]) <= {"aten.linear.default", "aten.view_copy.default",
+                                                         "quantized_decomposed.choose_qparams.tensor",
+                                                         "quantized_decomposed.quantize_per_token.default",
+                                                         "quantized_decomposed.dequantize_per_token.default",
+                                                         "torchao.choose_qparams_affine.default",
+                                                         "torchao.quantize_affine.default",
+                                                         "torchao.dequantize_affine.default"}
+    assert linears["delegated"]["XnnpackBackend"]["aten.linear.default"] == 15
+    assert "aten.mul.Tensor" in linears["portable"] and "aten.mul.Tensor" not in everything["portable"]
