@@ -165,3 +165,29 @@ def test_quantized_linears_only_delegates_just_the_8da4w_linears():
                                                          "torchao.dequantize_affine.default"}
     assert linears["delegated"]["XnnpackBackend"]["aten.linear.default"] == 15
     assert "aten.mul.Tensor" in linears["portable"] and "aten.mul.Tensor" not in everything["portable"]
+
+
+def test_bf16_quantized_linears_need_xnnpack_bf16(tmp_path):
+    """As export_llm on ExecuTorch 1.5: bf16 8da4w linears stay portable unless bf16 delegation is on."""
+    from modelbuild.steps.export import ExportStep
+    from modelbuild.steps.quantize import QuantizeStep
+    from modelbuild.testing import as_artifact
+
+    export = tmp_path / "export"
+    run_step(ExportStep, {"dtype": "bf16", "max_seq_len": A.MAX_SEQ_LEN, "use_kv_cache": True,
+                          "use_sdpa_with_kv_cache": True},
+             {"checkpoint": as_artifact(A.tiny_checkpoint(), "checkpoint", "ckpt")}, export)
+    quantized = tmp_path / "q"
+    run_step(QuantizeStep, {"linear": "8da4w", "group_size": 32}, {"program": A.program_artifact(export)}, quantized)
+
+    def lower(name, **params):
+        out = tmp_path / name
+        run_step(LowerStep, {"backend": "xnnpack", "xnnpack_ops": "quantized_linears", **params},
+                 {"program": A.program_artifact(quantized)}, out)
+        return json.loads((out / "partition.json").read_text()), (out / "model.pte").stat().st_size
+
+    (plain, plain_size), (bf16, bf16_size) = lower("plain"), lower("bf16", xnnpack_bf16=True)
+    assert plain["totals"]["delegated"] == 0 and plain["portable"]["aten.linear.default"] == 15
+    assert bf16["delegated"]["XnnpackBackend"]["aten.linear.default"] == 15
+    assert "aten.linear.default" not in bf16["portable"]
+    assert bf16_size < plain_size  # XNNPACK packs the int4 weights; the portable path keeps them as int8
