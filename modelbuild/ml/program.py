@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "ProgramInfo", "save_program", "load_program", "make_deterministic", "no_stack_traces", "PROGRAM_FILE", "INFO_FILE"]
+    "ProgramInfo",
+    "save_program",
+    "load_program",
+    "make_deterministic",
+    "no_stack_traces",
+    "PROGRAM_FILE",
+    "INFO_FILE",
+]
 
 PROGRAM_FILE = "program.pt2"
 INPUTS_FILE = "example_inputs.pt"

@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LLMExportOptions", "export_llm", "remove_redundant_transposes", "example_inputs_for", "dynamic_shapes_for", "runtime_metadata"]
+__all__ = [
+    "LLMExportOptions",
+    "export_llm",
+    "remove_redundant_transposes",
+    "example_inputs_for",
+    "dynamic_shapes_for",
+    "runtime_metadata",
+]
 
 
 @dataclass(frozen=True)

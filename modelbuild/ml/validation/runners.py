@@ -71,6 +71,7 @@ def _last_logits(out) -> np.ndarray:
         t = t.float()
     return t.reshape(-1, t.shape[-1])[-1].numpy()
 
+
 def _full_sequence_steps(forward: Callable[[Any], Any]) -> Callable[[], Callable[[int, int], np.ndarray]]:
     """Step factories for a program without a KV cache: each step reruns the
     whole sequence so far (truncated to ``pos``) and returns the last logits."""
@@ -85,7 +86,6 @@ def _full_sequence_steps(forward: Callable[[Any], Any]) -> Callable[[], Callable
             return _last_logits(forward(torch.tensor([seq], dtype=torch.long)))
         return step
     return make_step
-
 
 
 class LLMRunner:
