@@ -199,7 +199,7 @@ def modelbuild_run(project: Path, targets: list[str], work: Path, tag: str, jobs
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     cmd = [PY, "-m", "modelbuild.cli", "build", *targets, "--project", str(project),
-           "--cache-dir", str(cache), "--out-dir", str(out), "-j", str(jobs)]
+           "--cache-dir", str(cache), "--out-dir", str(out), "-j", str(jobs), "--report", str(work / f"report-{tag}.json")]
     run = measure(cmd, ROOT, work / f"log-{tag}.txt")
     if run.ok:
         sizes = {t: (out / t / "model.pte").stat().st_size for t in targets if (out / t / "model.pte").exists()}
@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--workdir", type=Path, help="keep inputs, logs and outputs here (default: a temp dir)")
+    parser.add_argument("--tool", choices=("both", "modelbuild", "export_llm"), default="both",
+                        help="run one side only (no ratio is printed then)")
     args = parser.parse_args(argv)
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="modelbuild-bench-"))
@@ -264,21 +266,25 @@ def main(argv: list[str] | None = None) -> int:
     (project / "recipes" / "bench.toml").write_text(textwrap.dedent(RECIPE.format(seq=args.max_seq_len)))
     _, meta, metadata = prepare_checkpoints(work, args.architecture, args.size)
     model_class = {"smollm2": "smollm2", "llama3_2": "llama3_2"}.get(args.architecture, args.architecture)
+    skipped = Run(0.0, 0.0, False, "not run (--tool)")
+    use_mb, use_et = args.tool in ("both", "modelbuild"), args.tool in ("both", "export_llm")
 
     report = []
     if args.only in (None, "single"):
         mb, et = [], []
         for i in range(args.runs):
-            mb.append(modelbuild_run(project, ["xnnpack-fp32"], work, f"single-{i}", args.jobs))
-            et.append(export_llm_runs(["xnnpack-fp32"], meta, work, f"single-{i}", metadata, args.max_seq_len, model_class))
+            mb.append(modelbuild_run(project, ["xnnpack-fp32"], work, f"single-{i}", args.jobs) if use_mb else skipped)
+            et.append(export_llm_runs(["xnnpack-fp32"], meta, work, f"single-{i}", metadata, args.max_seq_len, model_class)
+                      if use_et else skipped)
             print(f"single run {i}: modelbuild {mb[-1]}, export_llm {et[-1]}", flush=True)
         report.append(table(f"single config: {args.architecture} {args.size}, fp32, kv+sdpa, XNNPACK",
                             [("modelbuild build (cold cache)", median_run(mb)), ("export_llm", median_run(et))], args.runs))
     if args.only in (None, "matrix"):
         mb, et = [], []
         for i in range(args.runs):
-            mb.append(modelbuild_run(project, list(MATRIX), work, f"matrix-{i}", args.jobs))
-            et.append(export_llm_runs(list(MATRIX), meta, work, f"matrix-{i}", metadata, args.max_seq_len, model_class))
+            mb.append(modelbuild_run(project, list(MATRIX), work, f"matrix-{i}", args.jobs) if use_mb else skipped)
+            et.append(export_llm_runs(list(MATRIX), meta, work, f"matrix-{i}", metadata, args.max_seq_len, model_class)
+                      if use_et else skipped)
             print(f"matrix run {i}: modelbuild {mb[-1]}, export_llm {et[-1]}", flush=True)
         report.append(table("matrix: {xnnpack, coreml} x {fp32, 4-bit}",
                             [(f"modelbuild build (4 targets, -j {args.jobs})", median_run(mb)),

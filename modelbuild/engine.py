@@ -1,7 +1,8 @@
 """The engine: decide hit or miss for each target, run the misses, commit, materialize.
 
 For each target in topological order (independent ones in parallel, up to
-``jobs``):
+``jobs``, the head of the longest remaining chain first, each step process
+given its share of the cores: schedule.py):
 
 1. skip it if an input failed; mark it "unavailable" if the host cannot run it;
 2. compute its action key from the *digests* of its inputs (keys.py);
@@ -38,6 +39,7 @@ from .hashing import digest_path
 from .history import History
 from .keys import action_key, diff_records, key_record
 from .plugins import source_files
+from .schedule import CoreShare, critical_path
 from .step import unmet_requirement
 from .store import ActionRecord, Store
 
@@ -155,6 +157,8 @@ class Engine:
         self._event_lock = threading.Lock()
         self._toolchains: dict[str, dict[str, str]] = {}
         self._stop = False
+        self._share = CoreShare(os.cpu_count() or 1)
+        self._local = threading.local()
 
     # -- events ---------------------------------------------------------------
 
@@ -240,19 +244,25 @@ class Engine:
 
     def _schedule(self, pool: ThreadPoolExecutor, order: list[str], results: dict[str, TargetResult]) -> None:
         pending = list(order)
+        rank = critical_path(order, self.graph.consumers, self._expected_cost)
+        position = {name: i for i, name in enumerate(order)}
         running: dict[Future, str] = {}
         while pending or running:
-            for name in list(pending):
-                producers = self.graph.producers(name)
-                if not all(p in results for p in producers):
-                    continue
-                pending.remove(name)
+            ready = [n for n in pending if all(p in results for p in self.graph.producers(n))]
+            # Longest remaining chain first; ties keep the stable topological order.
+            ready.sort(key=lambda n: (-rank[n], position[n]))
+            for name in ready:
                 node = self.graph.nodes[name]
                 if self._stop:
+                    pending.remove(name)
                     results[name] = TargetResult(name, node.step.name, SKIPPED, "not started: the build stopped after a failure (use --keep-going)")
                     self._emit(Event("finish", name, node.step.name, results[name]))
                     continue
-                upstream = {p: results[p] for p in producers}
+                if len(running) >= self.jobs:
+                    break
+                pending.remove(name)
+                upstream = {p: results[p] for p in self.graph.producers(name)}
+                self._share.claim()
                 running[pool.submit(self._build_one, node, upstream)] = name
             if not running:
                 continue
@@ -269,6 +279,25 @@ class Engine:
                     self._stop = True
                 self._emit(Event("finish", name, node.step.name, result))
 
+    def _expected_cost(self, name: str) -> float:
+        """Seconds the target's step took when it last ran, else 1 (a cold build ranks by depth)."""
+        entry = self.history.load(name) or {}
+        seconds = entry.get("duration_s")
+        if entry.get("status") == BUILT and isinstance(seconds, (int, float)) and seconds > 0:
+            return float(seconds)
+        return 1.0
+
+    def _decided(self, runs: bool = False) -> int:
+        """Tell the core share once whether this target runs a step; the threads it may use."""
+        if getattr(self._local, "decided", True):
+            return self._share.cores
+        self._local.decided = True
+        if runs:
+            self._local.running = True
+            return self._share.run_decided()
+        self._share.decided()
+        return 0
+
     def _watched(self, order: list[str]) -> list[str]:
         files = {str(p) for p in self.graph.recipes.files}
         for name in order:
@@ -282,7 +311,13 @@ class Engine:
         return sorted(files)
 
     def _build_one(self, node: Node, upstream: dict[str, TargetResult]) -> TargetResult:
-        result, prepared = self._attempt(node, upstream)
+        self._local.decided, self._local.running = False, False
+        try:
+            result, prepared = self._attempt(node, upstream)
+        finally:
+            self._decided()
+            if self._local.running:
+                self._share.finished()
         entry: dict[str, Any] = {
             "status": result.status,
             "reason": result.reason,
@@ -346,6 +381,7 @@ class Engine:
         dest = self.out_dir / name
         record = prepared.hit
         if record is not None:
+            self._decided()
             try:
                 self.store.materialize(record.manifest, dest)
             except CacheCorrupt as exc:
@@ -400,7 +436,7 @@ class Engine:
             "out": str(out),
             "work": str(work),
             "downloads": str(self.store.root / "downloads"),
-            "jobs": os.cpu_count() or 1,
+            "jobs": self._decided(runs=True),
             "project": str(self.project),
             "log": str(log),
         }

@@ -158,7 +158,8 @@ class StepContext:
     - ``sources``: declared source path (as written) -> absolute ``Path``
     - ``out``: an empty directory; everything left in it becomes the artifact
     - ``work``: scratch directory, deleted after the step
-    - ``jobs``: how many threads the step may use
+    - ``jobs``: how many threads the step may use (its share of the cores
+      while other steps run beside it)
     - ``project``: the project root (the directory holding ``recipes/``)
     - ``downloads``: a directory that survives across runs, for partial
       downloads a step can resume (never part of the artifact)

@@ -72,6 +72,11 @@ def main(job_path: str) -> int:
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
 
+    # The engine gives each step process its share of the cores; torch and
+    # MKL read these before their thread pools start. A user's own setting wins.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(job["jobs"]))
+
     from .artifacts import Artifact
     from .errors import PlatformUnavailable, StepError
     from .plugins import StepInfo

@@ -180,6 +180,54 @@ def test_parallel_independent_steps(project):
     assert (project.out / "both" / "xy").read_text() == "x\ny\n"
 
 
+
+def test_parallel_steps_share_the_cores(project, monkeypatch):
+    """Each step process gets cores // (steps running), so torch in each starts that many threads."""
+    monkeypatch.setattr("modelbuild.engine.os.cpu_count", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    project.recipe("""
+        [vars]
+        tag = "one"
+        [targets.x]
+        step = "command"
+        command = "sleep 1; echo $OMP_NUM_THREADS > $MODELBUILD_OUT/threads"
+        [targets.y]
+        step = "command"
+        command = "sleep 1; echo ${tag} $OMP_NUM_THREADS > $MODELBUILD_OUT/threads"
+    """)
+    together = project.build("x", "y", jobs=2)
+    assert (project.out / "x" / "threads").read_text() == "2\n"
+    assert (project.out / "y" / "threads").read_text() == "one 2\n"
+    # x is a cache hit now: y runs alone and gets every core.
+    alone = project.build("x", "y", jobs=2, overrides=["vars.tag=two"])
+    assert project.statuses(alone) == {"x": "cached", "y": "built"}
+    assert (project.out / "y" / "threads").read_text() == "two 4\n"
+    assert together.ok and alone.ok
+
+
+def test_head_of_the_longest_chain_starts_first(project):
+    project.recipe("""
+        [targets.a-leaf]
+        step = "command"
+        command = "echo leaf > $MODELBUILD_OUT/t"
+        [targets.z1]
+        step = "command"
+        command = "echo 1 > $MODELBUILD_OUT/t"
+        [targets.z2]
+        step = "command"
+        inputs = { i = "z1" }
+        command = "cat $MODELBUILD_INPUT_I/t > $MODELBUILD_OUT/t"
+        [targets.z3]
+        step = "command"
+        inputs = { i = "z2" }
+        command = "cat $MODELBUILD_INPUT_I/t > $MODELBUILD_OUT/t"
+    """)
+    starts = []
+    result = project.build("a-leaf", "z3", jobs=1, on_event=lambda e: e.kind == "start" and starts.append(e.target))
+    assert result.ok
+    assert starts[0] == "z1"  # the stable topological order alone would start a-leaf
+
+
 # -- test step plugins (platforms, judging) ------------------------------------------
 
 PLUGIN = '''

@@ -104,6 +104,26 @@ def _replace(gm, node, module, name: str, args: tuple) -> None:
     gm.graph.erase_node(node)
 
 
+def _release(gm, attr_node) -> None:
+    """Erase a get_attr node nothing reads any more and drop the tensor behind it.
+
+    Called right after each replacement, so the float original is freed before
+    the next weight is quantized: the float model and the quantized one never
+    sit in memory whole, side by side.
+    """
+    if attr_node is None or getattr(attr_node, "op", None) != "get_attr" or attr_node.users:
+        return
+    target = attr_node.target
+    if any(n is not attr_node and n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
+        return  # another node still reads the same tensor (tied weights)
+    gm.graph.erase_node(attr_node)
+    owner_name, _, attr = target.rpartition(".")
+    owner = gm.get_submodule(owner_name) if owner_name else gm
+    for table in (owner._parameters, owner._buffers):
+        table.pop(attr, None)
+    owner.__dict__.pop(attr, None)
+
+
 def _quantize_linears(gm, scheme: Scheme, log: list[str]) -> int:
     import torch
     from torchao.quantization import quantize_
@@ -131,7 +151,11 @@ def _quantize_linears(gm, scheme: Scheme, log: list[str]) -> int:
             if bias is not None:
                 linear.bias = torch.nn.Parameter(bias.detach(), requires_grad=False)
         quantize_(linear, config)
+        weight_node = node.args[1]
         _replace(gm, node, linear, f"_mb_qlinear_{count}", (node.args[0],))
+        del weight, bias
+        _release(gm, weight_node)
+        _release(gm, bias_node)
         count += 1
     if skipped:
         log.append(f"{skipped} linear(s) left in float: in_features not a multiple of group_size {scheme.group_size}")
@@ -159,7 +183,10 @@ def _quantize_embeddings(gm, scheme: Scheme, log: list[str]) -> int:
             packed=scheme.embedding_bits in (2, 4),
             quantize_with_hqq=scheme.hqq,
         ).quantized_model()
+        table_node = node.args[0]
         _replace(gm, node, holder.emb, f"_mb_qembedding_{count}", (node.args[1],))
+        del table
+        _release(gm, table_node)
         count += 1
     return count
 

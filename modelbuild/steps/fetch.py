@@ -48,6 +48,7 @@ from modelbuild.step import Params, Step, StepContext
 __all__ = ["FetchStep", "source_kind"]
 
 CHECKPOINT_JSON = "checkpoint.json"
+HUB_DOWNLOADS = 8  # files downloaded at once from a hub (huggingface_hub's own default)
 FORMATS = ("hf", "meta", "gguf")
 
 
@@ -294,7 +295,7 @@ class FetchStep(Step):
             repo,
             revision=params.revision,
             patterns=patterns or None,
-            jobs=ctx.jobs,
+            jobs=HUB_DOWNLOADS,  # network-bound: not limited by the step's share of the cores
             progress=lambda done, total, msg: ctx.progress(done, total, msg),
         )
         for name, path in snap.files.items():

@@ -1,0 +1,95 @@
+"""Which ready step the engine starts first, and how many cores each running step gets.
+
+Two small policies, kept apart from the engine's hit/miss logic:
+
+- :func:`critical_path` ranks targets by the longest chain of work still
+  ahead of them (their own expected cost plus the most expensive path through
+  their consumers). Starting the head of the longest chain first is what keeps
+  a wide build short: in an {xnnpack, coreml} x {fp32, 4-bit} matrix the
+  quantize step, which heads the longest chain, starts before the lowerings
+  that only feed a package. A target's cost is the time its step took the last
+  time it ran (from the build history), or 1 when it never ran, so a cold
+  build ranks by depth.
+- :class:`CoreShare` splits the machine's cores between the step processes
+  running at once. Each step runs in its own process, and torch in each
+  process would otherwise start one OpenMP thread per core: two steps on two
+  cores would run four spinning threads. A step that decides it must run
+  waits (briefly) for the other started steps to decide too, then takes
+  ``cores // running`` threads, at least one. Cache hits never count.
+
+Example::
+
+    share = CoreShare(cores=8)
+    share.claim()                  # the scheduler started a target
+    threads = share.run_decided()  # it missed the cache: how many threads
+    ...                            # run the step process with ``threads``
+    share.finished()
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+__all__ = ["CoreShare", "critical_path"]
+
+# How long a step that must run waits for its siblings to decide hit or miss.
+# Deciding is hashing and a lookup (milliseconds); the bound only matters when
+# another build holds a key's lock.
+DECIDE_WAIT_S = 5.0
+
+
+def critical_path(order: list[str], consumers: Callable[[str], Iterable[str]], cost: Callable[[str], float]) -> dict[str, float]:
+    """Each target's cost plus the costliest chain of consumers after it.
+
+    ``order`` is topological (producers first); consumers outside it are ignored.
+    """
+    wanted = set(order)
+    rank: dict[str, float] = {}
+    for name in reversed(order):
+        after = [rank[c] for c in consumers(name) if c in wanted]
+        rank[name] = cost(name) + max(after, default=0.0)
+    return rank
+
+
+class CoreShare:
+    """Divide ``cores`` between the step processes running at the same time."""
+
+    def __init__(self, cores: int, decide_wait_s: float = DECIDE_WAIT_S) -> None:
+        self.cores = max(1, cores)
+        self._wait = decide_wait_s
+        self._cond = threading.Condition()
+        self._undecided = 0
+        self._running = 0
+
+    def claim(self) -> None:
+        """A target was started; it has not yet decided whether its step runs."""
+        with self._cond:
+            self._undecided += 1
+
+    def decided(self) -> None:
+        """The target will not run a step process (cache hit, skip, failure)."""
+        with self._cond:
+            self._undecided -= 1
+            self._cond.notify_all()
+
+    def run_decided(self) -> int:
+        """The target will run its step: the number of threads it may use."""
+        with self._cond:
+            self._undecided -= 1
+            self._running += 1
+            self._cond.notify_all()
+            deadline = time.monotonic() + self._wait
+            while self._undecided > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return max(1, self.cores // self._running)
+
+    def finished(self) -> None:
+        """A step process that :meth:`run_decided` counted has ended."""
+        with self._cond:
+            self._running -= 1
+            self._cond.notify_all()

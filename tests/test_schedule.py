@@ -1,0 +1,73 @@
+"""Scheduling policies: longest chain first, cores shared between running steps."""
+
+from __future__ import annotations
+
+import threading
+
+from modelbuild.schedule import CoreShare, critical_path
+
+
+def test_critical_path_ranks_by_the_costliest_chain_after_a_target():
+    # fetch -> export -> {lower-fp32 -> pkg-fp32, quantize -> lower-4bit -> pkg-4bit}
+    edges = {
+        "fetch": ["export"],
+        "export": ["lower-fp32", "quantize"],
+        "lower-fp32": ["pkg-fp32"],
+        "quantize": ["lower-4bit"],
+        "lower-4bit": ["pkg-4bit"],
+    }
+    order = ["fetch", "export", "lower-fp32", "quantize", "lower-4bit", "pkg-fp32", "pkg-4bit"]
+    depth = critical_path(order, lambda n: edges.get(n, []), lambda n: 1.0)
+    assert depth["quantize"] == 3 and depth["lower-fp32"] == 2 and depth["fetch"] == 5
+    # Measured costs override depth: a slow fp32 lowering outranks a quick quantize chain.
+    seconds = {"lower-fp32": 300.0, "quantize": 10.0, "lower-4bit": 20.0}
+    timed = critical_path(order, lambda n: edges.get(n, []), lambda n: seconds.get(n, 1.0))
+    assert timed["lower-fp32"] == 301 and timed["quantize"] == 31
+    assert timed["export"] == 302
+    # Consumers outside the build are ignored.
+    assert critical_path(["pkg-4bit"], lambda n: ["elsewhere"], lambda n: 2.0) == {"pkg-4bit": 2.0}
+
+
+def _run_together(share: CoreShare, decisions: list[bool]) -> list[int | None]:
+    """Claim one target per decision, then decide them all from separate threads."""
+    got: list[int | None] = [None] * len(decisions)
+    for _ in decisions:
+        share.claim()
+
+    def decide(i: int, runs: bool) -> None:
+        if runs:
+            got[i] = share.run_decided()
+        else:
+            share.decided()
+
+    threads = [threading.Thread(target=decide, args=(i, runs)) for i, runs in enumerate(decisions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return got
+
+
+def test_steps_that_run_together_split_the_cores():
+    assert _run_together(CoreShare(cores=8), [True, True]) == [4, 4]
+    assert _run_together(CoreShare(cores=2), [True, True, True]) == [1, 1, 1]  # never below one
+
+
+def test_cache_hits_do_not_take_a_share():
+    got = _run_together(CoreShare(cores=4), [True, False, False])
+    assert got[0] == 4
+
+
+def test_finished_steps_give_their_cores_back():
+    share = CoreShare(cores=4)
+    assert _run_together(share, [True, True]) == [2, 2]
+    share.finished()
+    share.finished()
+    assert _run_together(share, [True]) == [4]
+
+
+def test_an_undecided_sibling_delays_a_step_only_briefly():
+    share = CoreShare(cores=4, decide_wait_s=0.2)
+    share.claim()  # a sibling that never decides (say, waiting on another build's lock)
+    share.claim()
+    assert share.run_decided() == 4
