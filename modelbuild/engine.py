@@ -39,7 +39,7 @@ from .hashing import digest_path
 from .history import History
 from .keys import action_key, diff_records, key_record
 from .plugins import source_files
-from .schedule import CoreShare, critical_path
+from .schedule import Claim, CoreShare, critical_path
 from .step import unmet_requirement
 from .store import ActionRecord, Store
 
@@ -158,7 +158,6 @@ class Engine:
         self._toolchains: dict[str, dict[str, str]] = {}
         self._stop = False
         self._share = CoreShare(os.cpu_count() or 1)
-        self._local = threading.local()
 
     # -- events ---------------------------------------------------------------
 
@@ -262,8 +261,7 @@ class Engine:
                     break
                 pending.remove(name)
                 upstream = {p: results[p] for p in self.graph.producers(name)}
-                self._share.claim()
-                running[pool.submit(self._build_one, node, upstream)] = name
+                running[pool.submit(self._build_one, node, upstream, self._share.claim())] = name
             if not running:
                 continue
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -287,17 +285,6 @@ class Engine:
             return float(seconds)
         return 1.0
 
-    def _decided(self, runs: bool = False) -> int:
-        """Tell the core share once whether this target runs a step; the threads it may use."""
-        if getattr(self._local, "decided", True):
-            return self._share.cores
-        self._local.decided = True
-        if runs:
-            self._local.running = True
-            return self._share.run_decided()
-        self._share.decided()
-        return 0
-
     def _watched(self, order: list[str]) -> list[str]:
         files = {str(p) for p in self.graph.recipes.files}
         for name in order:
@@ -310,14 +297,11 @@ class Engine:
                     files.update(str(p) for p in path.rglob("*"))
         return sorted(files)
 
-    def _build_one(self, node: Node, upstream: dict[str, TargetResult]) -> TargetResult:
-        self._local.decided, self._local.running = False, False
+    def _build_one(self, node: Node, upstream: dict[str, TargetResult], claim: Claim) -> TargetResult:
         try:
-            result, prepared = self._attempt(node, upstream)
+            result, prepared = self._attempt(node, upstream, claim)
         finally:
-            self._decided()
-            if self._local.running:
-                self._share.finished()
+            claim.release()
         entry: dict[str, Any] = {
             "status": result.status,
             "reason": result.reason,
@@ -342,7 +326,7 @@ class Engine:
         self.history.save(node.name, entry)
         return result
 
-    def _attempt(self, node: Node, upstream: dict[str, TargetResult]) -> tuple[TargetResult, Prepared | None]:
+    def _attempt(self, node: Node, upstream: dict[str, TargetResult], claim: Claim) -> tuple[TargetResult, Prepared | None]:
         name, step = node.name, node.step
         for producer, res in upstream.items():
             if not res.ok:
@@ -371,17 +355,17 @@ class Engine:
                 again, _ = self.lookup(prepared.key)
                 if again is not None:
                     prepared = Prepared(prepared.key, prepared.record, again, prepared.reasons)
-            result = self._realize(node, upstream, prepared)
+            result = self._realize(node, upstream, prepared, claim)
         if result.ok:
             self._judge(node, result)
         return result, prepared
 
-    def _realize(self, node: Node, upstream: dict[str, TargetResult], prepared: Prepared) -> TargetResult:
+    def _realize(self, node: Node, upstream: dict[str, TargetResult], prepared: Prepared, claim: Claim) -> TargetResult:
         name, step = node.name, node.step
         dest = self.out_dir / name
         record = prepared.hit
         if record is not None:
-            self._decided()
+            claim.skip()
             try:
                 self.store.materialize(record.manifest, dest)
             except CacheCorrupt as exc:
@@ -394,7 +378,7 @@ class Engine:
                     name, step.name, CACHED, reason, [reason], prepared.key, record.manifest.digest,
                     record.manifest.size, 0.0, dest, None, record.summary,
                 )
-        outcome, record, log = self._run(node, upstream, prepared)
+        outcome, record, log = self._run(node, upstream, prepared, claim)
         reason = "; ".join(prepared.reasons)
         if outcome.status == "unavailable":
             return self._unavailable(node, outcome.needs or outcome.reason, outcome.command)
@@ -408,7 +392,7 @@ class Engine:
             peak_rss_bytes=outcome.peak_rss_bytes,
         )
 
-    def _run(self, node: Node, upstream: dict[str, TargetResult], prepared: Prepared) -> tuple[JobOutcome, ActionRecord | None, Path]:
+    def _run(self, node: Node, upstream: dict[str, TargetResult], prepared: Prepared, claim: Claim) -> tuple[JobOutcome, ActionRecord | None, Path]:
         name, step = node.name, node.step
         scratch = self.store.scratch_dir(f"{name}-")
         out, work = scratch / "out", scratch / "work"
@@ -436,7 +420,7 @@ class Engine:
             "out": str(out),
             "work": str(work),
             "downloads": str(self.store.root / "downloads"),
-            "jobs": self._decided(runs=True),
+            "jobs": claim.run(),
             "project": str(self.project),
             "log": str(log),
         }

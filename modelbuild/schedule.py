@@ -20,10 +20,10 @@ Two small policies, kept apart from the engine's hit/miss logic:
 Example::
 
     share = CoreShare(cores=8)
-    share.claim()                  # the scheduler started a target
-    threads = share.run_decided()  # it missed the cache: how many threads
+    claim = share.claim()          # the scheduler started a target
+    threads = claim.run()          # it missed the cache: how many threads
     ...                            # run the step process with ``threads``
-    share.finished()
+    claim.release()                # the target is done (hit, skip or run)
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-__all__ = ["CoreShare", "critical_path"]
+__all__ = ["Claim", "CoreShare", "critical_path"]
 
 # How long a step that must run waits for its siblings to decide hit or miss.
 # Deciding is hashing and a lookup (milliseconds); the bound only matters when
@@ -63,23 +63,20 @@ class CoreShare:
         self._undecided = 0
         self._running = 0
 
-    def claim(self) -> None:
+    def claim(self) -> "Claim":
         """A target was started; it has not yet decided whether its step runs."""
         with self._cond:
             self._undecided += 1
+        return Claim(self)
 
-    def decided(self) -> None:
-        """The target will not run a step process (cache hit, skip, failure)."""
+    def _change(self, undecided: int, running: int) -> None:
         with self._cond:
-            self._undecided -= 1
+            self._undecided += undecided
+            self._running += running
             self._cond.notify_all()
 
-    def run_decided(self) -> int:
-        """The target will run its step: the number of threads it may use."""
+    def _threads_after_siblings_decide(self) -> int:
         with self._cond:
-            self._undecided -= 1
-            self._running += 1
-            self._cond.notify_all()
             deadline = time.monotonic() + self._wait
             while self._undecided > 0:
                 left = deadline - time.monotonic()
@@ -88,8 +85,35 @@ class CoreShare:
                 self._cond.wait(left)
             return max(1, self.cores // self._running)
 
-    def finished(self) -> None:
-        """A step process that :meth:`run_decided` counted has ended."""
-        with self._cond:
-            self._running -= 1
-            self._cond.notify_all()
+
+class Claim:
+    """One started target's place in a :class:`CoreShare`; every method is safe to call again."""
+
+    def __init__(self, share: CoreShare) -> None:
+        self._share = share
+        self._state = "undecided"
+
+    def skip(self) -> None:
+        """The target will not run a step process (cache hit, skip, failure)."""
+        if self._state == "undecided":
+            self._state = "skipped"
+            self._share._change(undecided=-1, running=0)
+
+    def run(self) -> int:
+        """The target runs its step: the number of threads it may use.
+
+        Waits (at most ``decide_wait_s``) for the other started targets to
+        decide, so steps starting together split the cores between them.
+        """
+        if self._state != "undecided":
+            return self._share.cores  # decided already (a cache entry found corrupt after all)
+        self._state = "running"
+        self._share._change(undecided=-1, running=1)
+        return self._share._threads_after_siblings_decide()
+
+    def release(self) -> None:
+        """The target is done: give back its cores, or its undecided place."""
+        if self._state == "running":
+            self._share._change(undecided=0, running=-1)
+        self.skip()
+        self._state = "done"

@@ -28,46 +28,46 @@ def test_critical_path_ranks_by_the_costliest_chain_after_a_target():
     assert critical_path(["pkg-4bit"], lambda n: ["elsewhere"], lambda n: 2.0) == {"pkg-4bit": 2.0}
 
 
-def _run_together(share: CoreShare, decisions: list[bool]) -> list[int | None]:
+def _run_together(share: CoreShare, decisions: list[bool]) -> tuple[list[int | None], list]:
     """Claim one target per decision, then decide them all from separate threads."""
     got: list[int | None] = [None] * len(decisions)
-    for _ in decisions:
-        share.claim()
+    claims = [share.claim() for _ in decisions]
 
     def decide(i: int, runs: bool) -> None:
         if runs:
-            got[i] = share.run_decided()
+            got[i] = claims[i].run()
         else:
-            share.decided()
+            claims[i].skip()
 
     threads = [threading.Thread(target=decide, args=(i, runs)) for i, runs in enumerate(decisions)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(10)
-    return got
+    return got, claims
 
 
 def test_steps_that_run_together_split_the_cores():
-    assert _run_together(CoreShare(cores=8), [True, True]) == [4, 4]
-    assert _run_together(CoreShare(cores=2), [True, True, True]) == [1, 1, 1]  # never below one
+    assert _run_together(CoreShare(cores=8), [True, True])[0] == [4, 4]
+    assert _run_together(CoreShare(cores=2), [True, True, True])[0] == [1, 1, 1]  # never below one
 
 
 def test_cache_hits_do_not_take_a_share():
-    got = _run_together(CoreShare(cores=4), [True, False, False])
+    got, _ = _run_together(CoreShare(cores=4), [True, False, False])
     assert got[0] == 4
 
 
 def test_finished_steps_give_their_cores_back():
     share = CoreShare(cores=4)
-    assert _run_together(share, [True, True]) == [2, 2]
-    share.finished()
-    share.finished()
-    assert _run_together(share, [True]) == [4]
+    got, claims = _run_together(share, [True, True])
+    assert got == [2, 2]
+    for claim in claims:
+        claim.release()
+        claim.release()  # releasing twice gives nothing back twice
+    assert _run_together(share, [True])[0] == [4]
 
 
 def test_an_undecided_sibling_delays_a_step_only_briefly():
     share = CoreShare(cores=4, decide_wait_s=0.2)
     share.claim()  # a sibling that never decides (say, waiting on another build's lock)
-    share.claim()
-    assert share.run_decided() == 4
+    assert share.claim().run() == 4

@@ -104,6 +104,12 @@ def _replace(gm, node, module, name: str, args: tuple) -> None:
     gm.graph.erase_node(node)
 
 
+def _owner(gm, target: str):
+    """``(module, attribute name)`` holding the dotted attribute ``target`` of ``gm``."""
+    owner_name, _, attr = target.rpartition(".")
+    return (gm.get_submodule(owner_name) if owner_name else gm), attr
+
+
 def _release(gm, attr_node) -> None:
     """Erase a get_attr node nothing reads any more and drop the tensor behind it.
 
@@ -117,8 +123,7 @@ def _release(gm, attr_node) -> None:
     if any(n is not attr_node and n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
         return  # another node still reads the same tensor (tied weights)
     gm.graph.erase_node(attr_node)
-    owner_name, _, attr = target.rpartition(".")
-    owner = gm.get_submodule(owner_name) if owner_name else gm
+    owner, attr = _owner(gm, target)
     for table in (owner._parameters, owner._buffers):
         table.pop(attr, None)
     owner.__dict__.pop(attr, None)
@@ -192,15 +197,17 @@ def _quantize_embeddings(gm, scheme: Scheme, log: list[str]) -> int:
 
 
 def _drop_unused_attrs(gm) -> None:
-    """Free float tensors no get_attr node reads any more (the weights just quantized)."""
+    """Drop parameters no get_attr node reads (left over after dead-code elimination).
+
+    The quantized weights' float originals are already gone (:func:`_release`).
+    """
     import torch
 
     used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
     for name, _ in list(gm.named_parameters()) + list(gm.named_buffers()):
         if name in used or name.startswith("_mb_q"):
             continue
-        owner_name, _, attr = name.rpartition(".")
-        owner = gm.get_submodule(owner_name) if owner_name else gm
+        owner, attr = _owner(gm, name)
         if isinstance(getattr(owner, attr, None), torch.Tensor) and attr in owner._parameters:
             del owner._parameters[attr]
 
