@@ -1,7 +1,7 @@
 """Benchmark: modelbuild vs ExecuTorch's ``export_llm`` on the same synthetic checkpoint.
 
 Two comparisons, each the median of ``--runs`` runs, wall time and peak RSS
-(the sum over the whole process tree, sampled every 50 ms with psutil; a fork
+(the sum over the whole process tree, sampled every 50 ms; a vfork child
 that has not exec'd yet is not counted again, its pages are its parent's: see
 ``tree_rss``; the plain sum is printed too, as "raw sum"):
 
@@ -46,6 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
 MATRIX = ("xnnpack-fp32", "xnnpack-8da4w", "coreml-fp32", "coreml-b4w")
 
 
@@ -59,45 +61,40 @@ class Run:
     raw_peak_rss_mb: float = 0.0
 
 
-def _unexeced_fork(p, parent) -> bool:
-    """True if ``p`` is a fork of ``parent`` that has not exec'd yet.
-
-    Such a child (Python's subprocess uses vfork, so it even shares the
-    parent's address space) reports the parent's whole RSS until exec replaces
-    its memory; counting it would count the same pages twice. ExecuTorch
-    starts ``flatc`` this way once per XNNPACK partition, from a process
-    holding gigabytes.
-    """
-    import psutil
-
+def _stat(pid: int) -> tuple[int, int, int] | None:
+    """``(ppid, vsize, rss bytes)`` of ``pid`` from one read of ``/proc/<pid>/stat``."""
     try:
-        return p.exe() == parent.exe() and p.cmdline() == parent.cmdline()
-    except psutil.Error:
-        return False
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    return int(fields[1]), int(fields[20]), int(fields[21]) * PAGE
 
 
 def tree_rss(root) -> tuple[int, int]:
     """``(rss, raw)`` of ``root``'s process tree, in bytes.
 
-    ``raw`` sums every process's RSS; ``rss`` leaves out forks that have not
-    exec'd yet (see :func:`_unexeced_fork`), whose pages are their parent's.
+    ``raw`` sums every process's RSS. ``rss`` leaves out a child whose virtual
+    size and RSS both equal its parent's: a vfork child that has not exec'd
+    yet. Python's subprocess starts programs with vfork, so until exec the
+    child shares its parent's address space and reports the parent's whole
+    RSS; counting it would count the same pages twice. ExecuTorch starts
+    ``flatc`` this way once per XNNPACK partition, from a process holding
+    gigabytes. A plain ``fork`` child (copied page tables) differs by a few
+    pages and is still counted, so the figure errs high, never low.
     """
     import psutil
 
     try:
-        procs = [root, *root.children(recursive=True)]
+        pids = [root.pid, *(p.pid for p in root.children(recursive=True))]
     except psutil.NoSuchProcess:
         return 0, 0
-    by_pid = {p.pid: p for p in procs}
+    stats = {pid: st for pid in pids if (st := _stat(pid)) is not None}
     rss = raw = 0
-    for p in procs:
-        try:
-            size = p.memory_info().rss
-            parent = by_pid.get(p.ppid())
-        except psutil.Error:
-            continue
+    for ppid, vsize, size in stats.values():
         raw += size
-        if parent is None or not _unexeced_fork(p, parent):
+        parent = stats.get(ppid)
+        if parent is None or (parent[1], parent[2]) != (vsize, size):
             rss += size
     return rss, raw
 
