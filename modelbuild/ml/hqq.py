@@ -12,7 +12,7 @@ Every group's update depends only on its own weights; the one global quantity,
 the largest relative scale change that decides when to stop, is taken over
 all blocks after each iteration, exactly as the whole-tensor version takes it.
 The elementwise ops and per-group sums are the same ones on the same values,
-so the result is bit for bit identical (``tests/steps/test_hqq.py`` checks it
+so the result is bit for bit identical (``tests/ml/test_hqq.py`` checks it
 against torchao on several shapes and dtypes).
 
 :func:`blocked_hqq` swaps it in for torchao's, inside a ``with`` block.
