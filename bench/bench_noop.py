@@ -3,9 +3,15 @@
 Prints a table: median wall time of `modelbuild build` when nothing changed,
 through the fast path (stat checks only) and with --full-check (every action
 key recomputed: recipes parsed, graph built, stat cache and action cache read),
-beside `python -c pass` for Python's own start-up. Run:
+beside `python -c pass` for Python's own start-up (the three are interleaved,
+so that a change of load hits them alike; the "x pass" column is the ratio of
+medians). Run:
 
-    .venv/bin/python bench/bench_noop.py [--size-gb 2] [--runs 15]
+    .venv/bin/python bench/bench_noop.py [--size-gb 2] [--runs 15] [--no-bytecode]
+
+Child processes run with Python's default bytecode caching unless
+``--no-bytecode`` (PYTHONDONTWRITEBYTECODE=1: every module is compiled from
+source in every process).
 """
 
 from __future__ import annotations
@@ -44,9 +50,9 @@ def make_project(size_gb: float) -> Path:
     return root
 
 
-def timed(cmd: list[str], cwd: Path) -> float:
+def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr}")
@@ -57,27 +63,39 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-gb", type=float, default=2.0)
     ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--no-bytecode", action="store_true", help="run every process with PYTHONDONTWRITEBYTECODE=1")
     args = ap.parse_args()
+    env = dict(os.environ)
+    if args.no_bytecode:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    else:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     root = make_project(args.size_gb)
     for leftover in ("cache", "out"):  # a truly cold first build
         shutil.rmtree(root / leftover, ignore_errors=True)
     mb = [sys.executable, "-m", "modelbuild.cli", "build", "-q"]
-    first = timed(mb + ["--full-check"], root)  # cold: hashes the 2 GB input once, runs 20 steps
+    first = timed(mb + ["--full-check"], root, env)  # cold: hashes the 2 GB input once, runs 20 steps
     time.sleep(2.2)  # leave the racy-file window of the outputs just written
-    timed(mb + ["--full-check"], root)
-    timed(mb, root)  # records the fast-path state after the racy window
-    rows = []
-    for label, cmd in [
+    timed(mb + ["--full-check"], root, env)
+    timed(mb, root, env)  # records the fast-path state after the racy window
+    commands = [
         ("python -c pass", [sys.executable, "-c", "pass"]),
         ("modelbuild build (no-op)", mb),
         ("modelbuild build --full-check (no-op)", mb + ["--full-check"]),
-    ]:
-        samples = [timed(cmd, root) for _ in range(args.runs)]
-        rows.append((label, statistics.median(samples), min(samples), max(samples)))
-    print(f"20-target chain, leaf input {args.size_gb:g} GB; first (cold) build {first:.2f} s; {args.runs} runs each")
-    print(f"{'command':<40} {'median s':>9} {'min s':>7} {'max s':>7}")
-    for label, med, lo, hi in rows:
-        print(f"{label:<40} {med:9.3f} {lo:7.3f} {hi:7.3f}")
+    ]
+    samples: dict[str, list[float]] = {label: [] for label, _ in commands}
+    for _ in range(args.runs):
+        for label, cmd in commands:
+            samples[label].append(timed(cmd, root, env))
+    mode = "PYTHONDONTWRITEBYTECODE=1" if args.no_bytecode else "bytecode cached (Python's default)"
+    print(f"20-target chain, leaf input {args.size_gb:g} GB; first (cold) build {first:.2f} s; "
+          f"{args.runs} runs each; {mode}")
+    print(f"{'command':<40} {'median s':>9} {'min s':>7} {'max s':>7} {'x pass':>6}")
+    base = statistics.median(samples["python -c pass"])
+    for label, _ in commands:
+        got = samples[label]
+        med = statistics.median(got)
+        print(f"{label:<40} {med:9.3f} {min(got):7.3f} {max(got):7.3f} {med / base:6.1f}")
 
 
 if __name__ == "__main__":

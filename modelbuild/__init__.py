@@ -12,6 +12,8 @@ Step plugins use :mod:`modelbuild.step`; see ``docs/plugins.md``.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -31,9 +33,16 @@ _EXPORTS = {
     "cache_clear": "modelbuild.api",
     "clean": "modelbuild.api",
     "report": "modelbuild.api",
+    "lock": "modelbuild.api",
+    "release": "modelbuild.api",
+    "release_verify": "modelbuild.api",
+    "verify": "modelbuild.api",
+    "whence": "modelbuild.api",
     # results
     "BuildResult": "modelbuild.engine",
     "TargetResult": "modelbuild.engine",
+    "Status": "modelbuild.outcome",
+    "Blocker": "modelbuild.outcome",
     # the step API
     "Step": "modelbuild.step",
     "Params": "modelbuild.step",
@@ -65,3 +74,21 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+class _Package(types.ModuleType):
+    """Keeps each public name bound to its API object.
+
+    Importing a submodule binds it on its package: once ``modelbuild.graph``
+    (the BuildGraph module) was loaded, ``modelbuild.graph`` would be that
+    module, not the :func:`modelbuild.api.graph` operation. Submodules stay
+    importable by their full name (``from modelbuild.graph import BuildGraph``).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -4,20 +4,26 @@ For each target in topological order (independent ones in parallel, up to
 ``jobs``, the head of the longest remaining chain first, each step process
 given its share of the cores: schedule.py):
 
-1. skip it if an input failed; mark it "unavailable" if the host cannot run it;
-2. compute its action key from the *digests* of its inputs (keys.py);
-3. under a per-key lock, look the key up in the action cache; a record whose
-   blobs are missing or corrupt is a miss with that reason;
-4. on a miss, run the step in a child process (executor.py), ingest its output
+1. decide (:meth:`Engine.decide`, the one decision ``plan`` shows too): skip
+   it if an input produced nothing, mark it "unavailable" if the host cannot
+   run it, else compute its action key from the *digests* of its inputs
+   (keys.py) and look it up: hit, or miss with typed reasons (a record whose
+   blobs are missing or corrupt is a miss with that reason);
+2. under a per-key lock, look the key up again (another builder may have
+   finished it meanwhile);
+3. on a miss, run the step in a child process (executor.py), ingest its output
    into the blob store, then write the action record;
-5. materialize the artifact under ``out/<target>/``;
-6. judge it (for steps with thresholds), and remember what happened (history.py).
+4. materialize the artifact under ``out/<target>/``;
+5. judge it (for steps with thresholds), and remember what happened (history.py).
 
 Example::
 
     engine = Engine(graph, store, project=root, out_dir=root / "out", jobs=2)
     result = engine.build(["tiny-llama"])
-    result.targets["tiny-llama"].status      # "built", "cached", "failed", ...
+    result.targets["tiny-llama"].status      # Status.BUILT == "built", "cached", "failed", ...
+
+An error of one target (a source that cannot be hashed, a store write that
+fails) fails that target with a one-line reason; the others go on (``-k``).
 """
 
 from __future__ import annotations
@@ -27,88 +33,28 @@ import shutil
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .artifacts import Artifact
-from .errors import CacheCorrupt, ModelbuildError, StoreError
+from .errors import CacheCorrupt, InternalError, ModelbuildError, StoreError, one_line
 from .executor import JobOutcome, run_job, terminate_all
 from .graph import BuildGraph, Node, input_kinds
-from .hashing import digest_path
+from .hashing import RACY_MARGIN_NS, Seen, digest_path, hash_file, stat_signature
 from .history import History
 from .keys import action_key, diff_records, key_record
-from .plugins import source_files
+from .outcome import STATUSES, Blocker, BuildResult, Decision, Kind, Prepared, Status, TargetResult
+from .fingerprint import StepCode
+from .resolve import Resolver
 from .schedule import Claim, CoreShare, critical_path
 from .step import unmet_requirement
 from .store import ActionRecord, Store
 
-__all__ = ["Engine", "TargetResult", "BuildResult", "Event", "Prepared", "STATUSES"]
+__all__ = ["Engine", "TargetResult", "BuildResult", "Event", "Prepared", "Decision", "Kind", "Status", "STATUSES"]
 
-BUILT, CACHED, FAILED, SKIPPED, UNAVAILABLE = "built", "cached", "failed", "skipped", "unavailable"
-STATUSES = (BUILT, CACHED, FAILED, SKIPPED, UNAVAILABLE)
-
-
-@dataclass
-class TargetResult:
-    """What happened to one target in a build."""
-
-    name: str
-    step: str
-    status: str
-    reason: str = ""
-    reasons: list[str] = field(default_factory=list)
-    key: str | None = None
-    digest: str | None = None
-    size: int | None = None
-    duration_s: float = 0.0
-    out: Path | None = None
-    log: Path | None = None
-    summary: str = ""
-    verdict: dict[str, Any] | None = None
-    command: str | None = None
-    #: Peak RSS of the step's process when it ran in this build (None when cached).
-    peak_rss_bytes: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status in (BUILT, CACHED)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["out"] = str(self.out) if self.out else None
-        data["log"] = str(self.log) if self.log else None
-        return data
-
-
-@dataclass
-class BuildResult:
-    requested: list[str]
-    targets: dict[str, TargetResult]
-    duration_s: float = 0.0
-    #: Files the build's keys were derived from (recipes, step code, sources), for the no-op fast path.
-    watched: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True unless a target failed or was skipped because of a failure."""
-        return not any(r.status == FAILED or (r.status == SKIPPED and "failed" in r.reason) for r in self.targets.values())
-
-    def counts(self) -> dict[str, int]:
-        counts = {s: 0 for s in STATUSES}
-        for r in self.targets.values():
-            counts[r.status] += 1
-        return counts
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": "modelbuild-build-report/1",
-            "ok": self.ok,
-            "requested": self.requested,
-            "duration_s": round(self.duration_s, 3),
-            "counts": self.counts(),
-            "targets": {name: r.to_json() for name, r in self.targets.items()},
-        }
+BUILT, CACHED, FAILED, SKIPPED, UNAVAILABLE = Status.BUILT, Status.CACHED, Status.FAILED, Status.SKIPPED, Status.UNAVAILABLE
+_SETTLED = (Kind.SKIPPED, Kind.UNAVAILABLE, Kind.ERROR)  # decisions that end a target without running it
 
 
 @dataclass
@@ -120,16 +66,6 @@ class Event:
     step: str
     result: TargetResult | None = None
     progress: dict[str, Any] | None = None
-
-
-@dataclass
-class Prepared:
-    """A target's key and the reasons it would (or would not) run."""
-
-    key: str
-    record: dict[str, Any]
-    hit: ActionRecord | None
-    reasons: list[str]
 
 
 class Engine:
@@ -144,6 +80,7 @@ class Engine:
         keep_going: bool = False,
         require_validation: bool = False,
         on_event: Callable[[Event], None] | None = None,
+        refresh: bool = False,
     ) -> None:
         self.graph = graph
         self.store = store
@@ -158,6 +95,10 @@ class Engine:
         self._toolchains: dict[str, dict[str, str]] = {}
         self._stop = False
         self._share = CoreShare(os.cpu_count() or 1)
+        #: target -> what its key's sources were computed from (source_digests)
+        self._read: dict[str, _Consumed] = {}
+        # Moving references (a Hub branch) are pinned before keying (resolve.py); --refresh asks again.
+        self.resolver = Resolver(self.project, store.root, refresh=refresh)
 
     # -- events ---------------------------------------------------------------
 
@@ -174,30 +115,87 @@ class Engine:
         return self._toolchains[node.info.name]
 
     def source_digests(self, node: Node) -> dict[str, str]:
+        """Digests of the node's declared sources; the stat signatures of what
+        was hashed are kept (``_read``) to check them once the step has run,
+        and for the no-op fast path."""
         digests = {}
-        for rel in node.step.sources(node.params):
+        seen: Seen = {}
+        paths: dict[str, Path] = {}
+        started = time.time_ns()
+        for rel in node.step.sources(self.resolver.params(node)):
             path = (self.project / rel) if not os.path.isabs(rel) else Path(rel)
             if not path.exists():
                 raise _InputMissing(f"missing input file: {rel} (named in {node.target.file} at {node.target.key_path})")
-            digests[rel] = digest_path(path, self.store.stat_cache)
+            digests[rel] = digest_path(path, self.store.stat_cache, seen)
+            paths[rel] = path
+        self._read[node.name] = _Consumed(started, seen, {rel: (paths[rel], d) for rel, d in digests.items()})
         return digests
+
+    def step_code(self, node: Node) -> StepCode:
+        """The step's code and fingerprint (its import closure; parse results kept in the store)."""
+        return node.info.code(self.store.cache)
+
+    def changed_since_read(self, node: Node) -> str | None:
+        """A source or code file of ``node`` whose content is no longer what its key was computed from.
+
+        A step that ran meanwhile may have consumed the new content under the
+        old key: its result must not be recorded under that key. Files whose
+        stat signature is unchanged (and not racy) are taken as unchanged;
+        the others are hashed again, so a ``touch`` or a rewrite with the
+        same bytes is not a change.
+        """
+        def shown(path: str) -> str:
+            rel = os.path.relpath(path, self.project)
+            return path if rel.startswith("..") else rel
+
+        def unsure(then: tuple[int, ...] | None, now: tuple[int, ...] | None, read_ns: int) -> bool:
+            # A different signature, or one changed within a timestamp tick of
+            # the read (a later write in that tick would leave it the same).
+            return now != then or now is None or max(now[3], now[4]) >= read_ns - RACY_MARGIN_NS
+
+        code = self.step_code(node)
+        for f in code.files:
+            if unsure(f.signature, _signature_of(str(f.path)), code.read_ns):
+                try:
+                    if hash_file(f.path) != f.digest:
+                        return shown(str(f.path))
+                except StoreError:
+                    return shown(str(f.path))
+        consumed = self._read.get(node.name)
+        if consumed is None:
+            return None
+        if any(unsure(sig, _signature_of(path), consumed.started_ns) for path, sig in consumed.seen.items()):
+            for path, digest in consumed.digests.values():
+                try:
+                    again = digest_path(path)
+                except StoreError:
+                    again = None
+                if again != digest:
+                    return shown(str(path))
+        return None
 
     def prepare(self, node: Node, input_digests: dict[str, str | list[str]]) -> Prepared:
         """Compute the key and look it up (no lock, no side effects)."""
-        params = node.params.model_dump(mode="json", exclude=set(node.step.judge_params))
+        params = self.resolver.params(node).model_dump(mode="json", exclude=set(node.step.judge_params))
+        try:
+            sources = self.source_digests(node)
+        except (StoreError, CacheCorrupt) as exc:  # e.g. a symlink or an unreadable file among the sources
+            raise _InputMissing(f"source not usable: {one_line(exc)}") from exc
         record = key_record(
             step=node.step.name,
             step_version=node.step.version,
-            fingerprint=node.info.fingerprint,
+            fingerprint=self.step_code(node).fingerprint,
             params=params,
             inputs=input_digests,
-            sources=self.source_digests(node),
+            sources=sources,
             toolchain=self.toolchain(node),
         )
         key = action_key(record)
         hit, reasons = self.lookup(key)
         if hit is None and not reasons:
             reasons = self.miss_reasons(node.name, record, key)
+        if hit is None:
+            reasons = [*reasons, *self.resolver.notes(node.name)]
         return Prepared(key, record, hit, reasons)
 
     def lookup(self, key: str) -> tuple[ActionRecord | None, list[str]]:
@@ -224,9 +222,52 @@ class Engine:
             return ["output missing: the cache no longer holds this result"]
         return diff_records(previous["record"], record) or ["key changed"]
 
+    def decide(self, node: Node, upstream: Mapping[str, TargetResult], *,
+               on_keying: Callable[[], None] | None = None) -> Decision:
+        """The decision for ``node`` given what its inputs came to: ``build`` and ``plan`` both use it.
+
+        ``upstream`` maps each producer to its result (``build``) or predicted
+        result (``plan``: an input still to be rebuilt has no digest yet, so
+        this target is PENDING). Nothing runs and nothing is written;
+        ``on_keying`` is called before the (possibly slow) hashing of sources.
+        """
+        producers = self.graph.producers(node.name)
+        for producer in producers:
+            res = upstream[producer]
+            if not res.ok:
+                blocker = Blocker.of(producer, res)
+                return Decision(Kind.SKIPPED, (blocker.describe(),), blocked_by=blocker)
+        unmet = unmet_requirement(node.step.requirements(node.params, input_kinds(node, self.graph.nodes)))
+        if unmet:
+            return self._unavailable(node, unmet, node.step.elsewhere(node.name, node.params))
+        waiting = [p for p in producers if upstream[p].digest is None]
+        if waiting:
+            return Decision(Kind.PENDING, tuple(f"input {p} will be rebuilt (an identical rebuild keeps this a hit)" for p in waiting))
+        if on_keying is not None:
+            on_keying()
+        digests: dict[str, str | list[str]] = {
+            slot: [upstream[p].digest or "" for p in prods] if isinstance(prods, list) else upstream[prods].digest or ""
+            for slot, prods in node.inputs.items()
+        }
+        try:
+            prepared = self.prepare(node, digests)
+        except _InputMissing as exc:
+            return Decision(Kind.ERROR, (str(exc),))
+        except (ModelbuildError, OSError) as exc:  # e.g. the cache cannot be read: this target's error
+            return Decision(Kind.ERROR, (one_line(exc),))
+        if prepared.hit is not None:
+            return Decision(Kind.HIT, (self._hit_reason(node.name, prepared.key),), prepared)
+        return Decision(Kind.MISS, tuple(prepared.reasons), prepared)
+
+    def _hit_reason(self, name: str, key: str) -> str:
+        previous = self.history.load(name)
+        reason = "up to date" if previous and previous.get("key") == key else "cached: built before with the same inputs"
+        return "; ".join([reason, *self.resolver.notes(name)])  # e.g. "offline: revision main taken as ..."
+
     # -- build ----------------------------------------------------------------
 
-    def build(self, names: list[str]) -> BuildResult:
+    def build(self, names: list[str], *, explicit: list[str] | None = None) -> BuildResult:
+        """Build ``names`` and their inputs; ``explicit`` are the ones the user named (for exit codes)."""
         start = time.monotonic()
         order = self.graph.closure(names)
         results: dict[str, TargetResult] = {}
@@ -239,27 +280,44 @@ class Engine:
                 terminate_all()
                 raise
         ordered = {name: results[name] for name in order}
-        return BuildResult(requested=list(names), targets=ordered, duration_s=time.monotonic() - start, watched=self._watched(order))
+        return BuildResult(requested=list(names), targets=ordered, duration_s=time.monotonic() - start,
+                           watched=self._watched(order), explicit=list(explicit if explicit is not None else names),
+                           valid_until_ns=self.resolver.valid_until_ns)
 
     def _schedule(self, pool: ThreadPoolExecutor, order: list[str], results: dict[str, TargetResult]) -> None:
-        pending = list(order)
+        pending = set(order)
         rank = critical_path(order, self.graph.consumers, self._expected_cost)
         position = {name: i for i, name in enumerate(order)}
+        priority = {name: (-rank[name], position[name]) for name in order}
+        # Producers each target still waits for: counted down as results come
+        # in, so that picking the ready targets costs O(ready), not O(targets).
+        unfinished = {name: len(self.graph.producers(name)) for name in order}
+        ready = [name for name in order if unfinished[name] == 0]
         running: dict[Future, str] = {}
+
+        def finished(name: str) -> None:
+            for consumer in self.graph.consumers(name):
+                if consumer in unfinished:
+                    unfinished[consumer] -= 1
+                    if unfinished[consumer] == 0:
+                        ready.append(consumer)
+
         while pending or running:
-            ready = [n for n in pending if all(p in results for p in self.graph.producers(n))]
             # Longest remaining chain first; ties keep the stable topological order.
-            ready.sort(key=lambda n: (-rank[n], position[n]))
-            for name in ready:
+            ready.sort(key=priority.__getitem__)
+            for name in list(ready):
                 node = self.graph.nodes[name]
                 if self._stop:
-                    pending.remove(name)
+                    pending.discard(name)
+                    ready.remove(name)
                     results[name] = TargetResult(name, node.step.name, SKIPPED, "not started: the build stopped after a failure (use --keep-going)")
                     self._emit(Event("finish", name, node.step.name, results[name]))
+                    finished(name)
                     continue
                 if len(running) >= self.jobs:
                     break
-                pending.remove(name)
+                pending.discard(name)
+                ready.remove(name)
                 upstream = {p: results[p] for p in self.graph.producers(name)}
                 running[pool.submit(self._build_one, node, upstream, self._share.claim())] = name
             if not running:
@@ -276,6 +334,7 @@ class Engine:
                 if result.status == FAILED and not self.keep_going:
                     self._stop = True
                 self._emit(Event("finish", name, node.step.name, result))
+                finished(name)
 
     def _expected_cost(self, name: str) -> float:
         """Seconds the target's step took when it last ran, else 1 (a cold build ranks by depth)."""
@@ -285,80 +344,67 @@ class Engine:
             return float(seconds)
         return 1.0
 
-    def _watched(self, order: list[str]) -> list[str]:
-        files = {str(p) for p in self.graph.recipes.files}
+    def _watched(self, order: list[str]) -> dict[str, tuple[int, ...] | None]:
+        """What the build's keys came from, for the no-op fast path: path ->
+        stat signature when it was read (None: stat it when recording).
+
+        Sources and step code carry the signature from before they were hashed,
+        so a file edited later in the build shows as changed next time.
+        """
+        files: dict[str, tuple[int, ...] | None] = {str(p): None for p in self.graph.recipes.files}
         for name in order:
             node = self.graph.nodes[name]
-            files.update(str(p) for p in source_files(node.info.cls))
-            for rel in node.step.sources(node.params):
+            files.update((str(f.path), f.signature) for f in self.step_code(node).files)
+            read = self._read.get(name)
+            if read is not None:
+                files.update(read.seen)
+                continue
+            for rel in node.step.sources(self.resolver.known(node)):  # never keyed in this build
                 path = self.project / rel
-                files.add(str(path))
+                files[str(path)] = None
                 if path.is_dir():
-                    files.update(str(p) for p in path.rglob("*"))
-        return sorted(files)
+                    files.update((str(p), None) for p in path.rglob("*"))
+        return dict(sorted(files.items()))
 
     def _build_one(self, node: Node, upstream: dict[str, TargetResult], claim: Claim) -> TargetResult:
+        prepared: Prepared | None = None
         try:
             result, prepared = self._attempt(node, upstream, claim)
+        except (ModelbuildError, OSError) as exc:  # one target's error: fail it, record it, go on
+            result = TargetResult(node.name, node.step.name, FAILED, one_line(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug, but still only this target's
+            result = TargetResult(node.name, node.step.name, FAILED, f"internal error: {type(exc).__name__}: {one_line(exc)}")
         finally:
             claim.release()
-        entry: dict[str, Any] = {
-            "status": result.status,
-            "reason": result.reason,
-            "reasons": result.reasons,
-            "duration_s": result.duration_s,
-            "summary": result.summary,
-            "log": str(result.log) if result.log else None,
-            "digest": result.digest,
-            "verdict": result.verdict,
-            "command": result.command,
-            "when": time.time(),
-        }
-        if prepared is not None:
-            entry.update(key=prepared.key, record=prepared.record)
-        else:
-            # Not even keyed this time (skipped, unavailable): keep the last key
-            # so the next real build still explains what changed since then.
-            previous = self.history.load(node.name) or {}
-            entry.update(key=previous.get("key"), record=previous.get("record"))
-            if entry["record"] is None:
-                del entry["record"]
-        self.history.save(node.name, entry)
+        self.history.record(node.name, result, prepared.key if prepared else None, prepared.record if prepared else None)
         return result
 
     def _attempt(self, node: Node, upstream: dict[str, TargetResult], claim: Claim) -> tuple[TargetResult, Prepared | None]:
         name, step = node.name, node.step
-        for producer, res in upstream.items():
-            if not res.ok:
-                what = {FAILED: "failed", UNAVAILABLE: f"is unavailable here ({res.reason})", SKIPPED: "was skipped"}[res.status]
-                if res.status == FAILED or (res.status == SKIPPED and "failed" in res.reason):
-                    what = "failed"
-                return TargetResult(name, step.name, SKIPPED, f"input {producer} {what}"), None
-        kinds = input_kinds(node, self.graph.nodes)
-        unmet = unmet_requirement(step.requirements(node.params, kinds))
-        if unmet:
-            return self._unavailable(node, unmet, step.elsewhere(name, node.params)), None
-        self._emit(Event("start", name, step.name))
-        digests: dict[str, str | list[str]] = {}
-        for slot, producers in node.inputs.items():
-            if isinstance(producers, list):
-                digests[slot] = [upstream[p].digest or "" for p in producers]
-            else:
-                digests[slot] = upstream[producers].digest or ""
+        decision = self.decide(node, upstream, on_keying=lambda: self._emit(Event("start", name, step.name)))
+        if decision.kind in _SETTLED:
+            return self._settle(node, decision), None
+        prepared = decision.prepared
+        if prepared is None:  # PENDING: impossible once every input has finished
+            raise InternalError(f"{name}: decided before its inputs were built")
         try:
-            prepared = self.prepare(node, digests)
-        except _InputMissing as exc:
-            return TargetResult(name, step.name, FAILED, str(exc)), None
-        with self.store.lock(prepared.key):
-            # Another builder may have finished this key while we waited for the lock.
-            if prepared.hit is None:
-                again, _ = self.lookup(prepared.key)
-                if again is not None:
-                    prepared = Prepared(prepared.key, prepared.record, again, prepared.reasons)
-            result = self._realize(node, upstream, prepared, claim)
+            with self.store.lock(prepared.key):
+                # Another builder may have finished this key while we waited for the lock.
+                if prepared.hit is None:
+                    again, _ = self.lookup(prepared.key)
+                    if again is not None:
+                        prepared = Prepared(prepared.key, prepared.record, again, prepared.reasons)
+                result = self._realize(node, upstream, prepared, claim)
+        except (ModelbuildError, OSError) as exc:  # e.g. a store write that failed: this target's failure
+            return TargetResult(name, step.name, FAILED, one_line(exc), list(prepared.reasons), prepared.key), prepared
         if result.ok:
             self._judge(node, result)
         return result, prepared
+
+    def _settle(self, node: Node, decision: Decision) -> TargetResult:
+        """The result of a target that ends without running (skipped, unavailable, error)."""
+        return TargetResult(node.name, node.step.name, decision.status, decision.reasons[0] if decision.reasons else "",
+                            command=decision.command, blocked_by=decision.blocked_by)
 
     def _realize(self, node: Node, upstream: dict[str, TargetResult], prepared: Prepared, claim: Claim) -> TargetResult:
         name, step = node.name, node.step
@@ -372,8 +418,7 @@ class Engine:
                 prepared = Prepared(prepared.key, prepared.record, None, [f"cache entry corrupt: {exc}"])
                 record = None
             else:
-                previous = self.history.load(name)
-                reason = "up to date" if previous and previous.get("key") == prepared.key else "cached: built before with the same inputs"
+                reason = self._hit_reason(name, prepared.key)
                 return TargetResult(
                     name, step.name, CACHED, reason, [reason], prepared.key, record.manifest.digest,
                     record.manifest.size, 0.0, dest, None, record.summary,
@@ -381,7 +426,7 @@ class Engine:
         outcome, record, log = self._run(node, upstream, prepared, claim)
         reason = "; ".join(prepared.reasons)
         if outcome.status == "unavailable":
-            return self._unavailable(node, outcome.needs or outcome.reason, outcome.command)
+            return self._settle(node, self._unavailable(node, outcome.needs or outcome.reason, outcome.command))
         if outcome.status != "ok" or record is None:
             return TargetResult(name, step.name, FAILED, outcome.reason, prepared.reasons, prepared.key,
                                 duration_s=outcome.duration_s, log=log, peak_rss_bytes=outcome.peak_rss_bytes)
@@ -414,9 +459,9 @@ class Engine:
             "step": step.name,
             "entry": node.info.entry,
             "target": name,
-            "params": node.params.model_dump(mode="json"),
+            "params": self.resolver.params(node).model_dump(mode="json"),
             "inputs": inputs,
-            "sources": {rel: str((self.project / rel).resolve()) for rel in step.sources(node.params)},
+            "sources": {rel: str((self.project / rel).resolve()) for rel in step.sources(self.resolver.params(node))},
             "out": str(out),
             "work": str(work),
             "downloads": str(self.store.root / "downloads"),
@@ -429,6 +474,10 @@ class Engine:
             outcome = run_job(job, scratch / "job", lambda p: self._emit(Event("progress", name, step.name, progress=p)))
             if outcome.status != "ok":
                 return outcome, None, log
+            changed = self.changed_since_read(node)
+            if changed is not None:  # the key says the old content; the step may have read the new
+                return JobOutcome("failed", f"{changed} changed while the step ran (its result is not cached; build again)",
+                                  duration_s=outcome.duration_s), None, log
             try:
                 manifest = self.store.ingest(out)
             except StoreError as exc:
@@ -448,14 +497,13 @@ class Engine:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _unavailable(self, node: Node, needs: str, command: str | None) -> TargetResult:
-        step = node.step
+    def _unavailable(self, node: Node, needs: str, command: str | None) -> Decision:
         reason = f"needs {needs}"
-        if step.output == "measurements":
+        if node.step.output == "measurements":
             reason = f"not validated here: needs {needs}"
-        if self.require_validation and step.output == "measurements":
-            return TargetResult(node.name, step.name, FAILED, reason + " (--require-validation)", command=command)
-        return TargetResult(node.name, step.name, UNAVAILABLE, reason, command=command)
+            if self.require_validation:
+                return Decision(Kind.ERROR, (reason + " (--require-validation)",), command=command)
+        return Decision(Kind.UNAVAILABLE, (reason,), command=command)
 
     def _judge(self, node: Node, result: TargetResult) -> None:
         if result.out is None:
@@ -475,4 +523,22 @@ class Engine:
 
 
 class _InputMissing(Exception):
-    pass
+    """A declared source is missing or cannot be hashed: the target cannot be keyed."""
+
+
+@dataclass(frozen=True)
+class _Consumed:
+    """What a target's sources were keyed from: when hashing started, the stat
+    signature of each file and directory read, and each source's digest."""
+
+    started_ns: int
+    seen: Seen
+    digests: dict[str, tuple[Path, str]]
+
+
+def _signature_of(path: str) -> tuple[int, ...] | None:
+    try:
+        return stat_signature(os.stat(path))
+    except OSError:
+        return None
+

@@ -36,6 +36,7 @@ __all__ = [
     "StoreError",
     "InternalError",
     "closest",
+    "one_line",
 ]
 
 
@@ -136,3 +137,16 @@ def closest(name: str, candidates: Iterable[str]) -> str | None:
     """
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as the one line a build report shows, naming the path for an OSError.
+
+    >>> one_line(FileNotFoundError(2, "No such file or directory", "out/x"))
+    'out/x: No such file or directory'
+    """
+    if isinstance(exc, OSError) and exc.filename:
+        text = f"{exc.filename}: {exc.strerror or exc}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())

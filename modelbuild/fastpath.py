@@ -1,18 +1,27 @@
 """The no-op fast path: prove "nothing changed" with a few stats, before loading anything.
 
 After a fully successful build, :func:`record_noop` writes a small state file
-listing the stat signature (size, mtime_ns, ctime_ns, inode) of everything the
-build's action keys and outputs were derived from:
+listing the stat signature (device, inode, size, mtime_ns, ctime_ns) of
+everything the build's action keys and outputs were derived from:
 
 - every recipe file and recipe directory (a new or removed file shows up in
   the directory's mtime),
-- the source files of the steps used (their fingerprint) and modelbuild's own
-  core modules,
-- every file the steps declared as a source (e.g. a local checkpoint),
+- the code of the steps used (their fingerprint's import closure, see
+  fingerprint.py) and every module of modelbuild itself,
+- every file and directory the steps declared as a source (e.g. a local
+  checkpoint),
 - the site-packages directories (installing or upgrading a toolchain package
   changes them),
 - every materialized output file under out/ (outputs are hard links to
   read-only blobs, so a change to either shows in the ctime).
+
+For sources and step code the signature is the one the engine took *before
+it read the file* (``BuildResult.watched``), not a fresh stat: a file edited
+after it was hashed, while other steps still ran, has another signature now,
+so the next build takes the full path and sees the edit. Everything is also
+subject to the racy rule against the build's *start*: a file whose mtime or
+ctime is within :data:`_RACY_NS` of it (or later) may have changed in the same
+timestamp tick as it was read, so it is never trusted.
 
 ``cache clear`` and ``cache gc`` drop these state files (:func:`forget_all`),
 so a no-op is never claimed against records that are gone.
@@ -20,9 +29,9 @@ so a no-op is never claimed against records that are gone.
 :func:`try_noop` re-stats that list. If every signature matches, and the
 command line options, Python and the relevant environment are the same, the
 build is a no-op and says so without importing pydantic, networkx, the step
-plugins or torch. Any difference, or any doubt (unreadable state, a file whose
-mtime is too close to when the state was written: the racy-git rule), falls
-back to the full build, which is always correct.
+plugins or torch. Any difference, or any doubt (unreadable state, a racy
+file, a time-bound resolution past its validity), falls back to the full
+build, which is always correct.
 """
 
 from __future__ import annotations
@@ -37,18 +46,41 @@ from typing import Any
 
 __all__ = ["try_noop", "record_noop", "forget_all", "FORMAT"]
 
-FORMAT = 1
+FORMAT = 2
 _ENV = ("MODELBUILD_HOST_PLATFORM", "MODELBUILD_CACHE_DIR", "PATH")
-#: A file modified this close to the state's own write time is not trusted (racy rule).
+#: A file modified this close to the build's start (or later) is not trusted
+#: (the racy rule; the same 2 s as hashing.RACY_MARGIN_NS, for the same reasons).
 _RACY_NS = 2_000_000_000
+#: When this module was loaded (see _process_start_ns).
+_LOADED_NS = time.time_ns()
+#: Indices of mtime_ns and ctime_ns in a signature.
+_MTIME, _CTIME = 3, 4
 
 
 def _signature(path: str) -> list[int] | None:
+    # The fields and order of hashing.stat_signature (not imported: this
+    # module must stay light); tests/test_fastpath.py checks they agree.
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _process_start_ns() -> int:
+    """When this process started, or when this module was loaded if earlier
+    or if the system cannot say: a bound from below of when the build began
+    reading recipes and sources. Earlier is safe (more files count as racy);
+    later would not be, whatever order the CLI imports things in."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            ticks = int(fh.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/stat", "rb") as fh:
+            boot_s = next(int(line.split()[1]) for line in fh if line.startswith(b"btime "))
+        started = boot_s * 10**9 + ticks * 10**9 // os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _LOADED_NS
+    return min(started, _LOADED_NS)
 
 
 def _locate(project: str | None, recipes: str | None, cache_dir: str | None) -> tuple[Path, Path, Path]:
@@ -95,13 +127,16 @@ def try_noop(*, project: str | None, recipes: str | None, cache_dir: str | None,
         state = json.loads(_state_path(cache, identity).read_text())
         if state.get("identity") != identity:
             return None
-        written = state["written_ns"]
+        started = state["started_ns"]
+        valid_until = state.get("valid_until_ns")
+        if valid_until is not None and time.time_ns() >= valid_until:
+            return None
         for path, sig in state["watch"]:
             now = _signature(path)
             if now != sig:
                 return None
-            if now is not None and written - max(now[1], now[2]) < _RACY_NS:
-                return None
+            if now is not None and max(now[_MTIME], now[_CTIME]) >= started - _RACY_NS:
+                return None  # changed around or after the build's start: maybe not what was read
         count = state["targets"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -118,25 +153,34 @@ def _walk_files(path: Path) -> list[str]:
     return [str(path)]
 
 
-def record_noop(result, *, project: str | None, recipes: str | None, cache_dir: str | None, options: dict[str, Any]) -> None:
-    """Remember what a fully successful build depended on (see the module docstring)."""
+def record_noop(result, *, project: str | None, recipes: str | None, cache_dir: str | None, options: dict[str, Any],
+                started_ns: int | None = None) -> None:
+    """Remember what a fully successful build depended on (see the module docstring).
+
+    ``started_ns``: ``time.time_ns()`` from before the build read anything
+    (default: when this process started).
+    """
     if not result.ok or any(r.status not in ("built", "cached") for r in result.targets.values()):
         return
     root, recipes_dir, cache = _locate(project, recipes, cache_dir)
     identity = _identity(root, recipes_dir, cache, options)
-    watched: set[str] = set(result.watched)
-    watched.update(_walk_files(recipes_dir))
+    # path -> the signature from before the engine read it, or None (stat now).
+    watched: dict[str, Any] = {p: None for p in _walk_files(recipes_dir)}
     core = Path(__file__).parent
-    watched.update(str(p) for p in core.glob("*.py"))
-    watched.update(p for p in sys.path if p.endswith("-packages") and os.path.isdir(p))
+    watched.update((str(p), None) for p in core.rglob("*.py"))
+    watched.update((p, None) for p in sys.path if p.endswith("-packages") and os.path.isdir(p))
     for r in result.targets.values():
         if r.out is not None:
-            watched.update(_walk_files(Path(r.out)))
+            watched.update((p, None) for p in _walk_files(Path(r.out)))
+    read = result.watched if isinstance(result.watched, dict) else dict.fromkeys(result.watched)
+    for path, sig in read.items():
+        watched[path] = list(sig) if sig is not None else watched.get(path)
     state = {
         "identity": identity,
         "targets": len(result.targets),
-        "written_ns": time.time_ns(),
-        "watch": sorted([p, _signature(p)] for p in watched),
+        "started_ns": _process_start_ns() if started_ns is None else started_ns,
+        "valid_until_ns": getattr(result, "valid_until_ns", None),
+        "watch": sorted([p, sig if sig is not None else _signature(p)] for p, sig in watched.items()),
     }
     path = _state_path(cache, identity)
     path.parent.mkdir(parents=True, exist_ok=True)

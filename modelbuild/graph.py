@@ -1,9 +1,14 @@
-"""The build graph: resolved targets as a networkx DiGraph, checked before anything runs.
+"""The build graph: resolved targets and their edges, checked before anything runs.
 
 Building the graph validates everything a recipe can get wrong without running
 a step: unknown steps, unknown inputs and input slots, parameters (against
 each step's ``Params`` model), artifact kinds along every edge, and cycles
 (every target in the cycle is named).
+
+The edges are kept as plain adjacency sets: every build pays for building
+the graph before it can say "nothing to do", and importing networkx alone
+cost more than the rest of a 100-target no-op. ``BuildGraph.dag`` still hands
+out a ``networkx.DiGraph`` for callers that want its algorithms.
 
 Example::
 
@@ -13,10 +18,10 @@ Example::
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 from pydantic import ValidationError
 
 from .artifacts import ANY
@@ -24,6 +29,9 @@ from .errors import RecipeError, closest
 from .plugins import Registry, StepInfo
 from .recipe import Recipes, Target
 from .step import Params, Step
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["Node", "BuildGraph"]
 
@@ -50,29 +58,31 @@ class Node:
 class BuildGraph:
     """Targets and the edges between them (producer -> consumer)."""
 
-    def __init__(self, recipes: Recipes, nodes: dict[str, Node], dag: nx.DiGraph):
+    def __init__(self, recipes: Recipes, nodes: dict[str, Node], edges: dict[str, set[str]]):
+        """``edges``: producer -> its consumers (every node is a key)."""
         self.recipes = recipes
         self.nodes = nodes
-        self.dag = dag
+        self._succ = {name: sorted(edges.get(name, ())) for name in nodes}
+        pred: dict[str, list[str]] = {name: [] for name in nodes}
+        for producer, consumers in self._succ.items():
+            for consumer in consumers:
+                pred[consumer].append(producer)
+        self._pred = {name: sorted(p) for name, p in pred.items()}
 
     @classmethod
     def build(cls, recipes: Recipes, registry: Registry) -> "BuildGraph":
         nodes: dict[str, Node] = {}
-        dag = nx.DiGraph()
+        edges: dict[str, set[str]] = {}
         for target in recipes.targets.values():
             nodes[target.name] = _bind(target, registry)
-            dag.add_node(target.name)
+            edges[target.name] = set()
         for node in nodes.values():
             _check_inputs(node, nodes, recipes)
             for producers in node.inputs.values():
                 for producer in producers if isinstance(producers, list) else [producers]:
-                    dag.add_edge(producer, node.name)
-        try:
-            cycle = nx.find_cycle(dag)
-        except nx.NetworkXNoCycle:
-            cycle = None
-        if cycle:
-            names = [edge[0] for edge in cycle]
+                    edges[producer].add(node.name)
+        names = _find_cycle(edges)
+        if names:
             first = nodes[names[0]].target
             raise RecipeError(
                 "dependency cycle: " + " -> ".join([*names, names[0]]),
@@ -81,7 +91,17 @@ class BuildGraph:
             )
         for node in nodes.values():
             _check_step(node, nodes)
-        return cls(recipes, nodes, dag)
+        return cls(recipes, nodes, edges)
+
+    @property
+    def dag(self) -> "nx.DiGraph":
+        """The graph as a ``networkx.DiGraph`` (producer -> consumer), built on request."""
+        import networkx as nx
+
+        dag = nx.DiGraph()
+        dag.add_nodes_from(self.nodes)
+        dag.add_edges_from((p, c) for p, consumers in self._succ.items() for c in consumers)
+        return dag
 
     def resolve_names(self, names: list[str]) -> list[str]:
         """Check requested target names; an empty list means the default target."""
@@ -95,22 +115,67 @@ class BuildGraph:
         return list(names)
 
     def closure(self, names: list[str]) -> list[str]:
-        """The requested targets and all their ancestors, in a stable topological order."""
-        wanted: set[str] = set()
+        """The requested targets and all their ancestors, in a stable topological
+        order (of the targets ready at each point, the first by name)."""
+        wanted = set(names)
         for name in names:
-            wanted.add(name)
-            wanted |= nx.ancestors(self.dag, name)
-        sub = self.dag.subgraph(wanted)
-        return list(nx.lexicographical_topological_sort(sub))
+            wanted |= self._reach(name, self._pred)
+        pending = {n: sum(1 for p in self._pred[n] if p in wanted) for n in wanted}
+        ready = [n for n, count in pending.items() if count == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            name = heapq.heappop(ready)
+            order.append(name)
+            for consumer in self._succ[name]:
+                if consumer in pending:
+                    pending[consumer] -= 1
+                    if pending[consumer] == 0:
+                        heapq.heappush(ready, consumer)
+        return order
 
     def producers(self, name: str) -> list[str]:
-        return sorted(self.dag.predecessors(name))
+        return list(self._pred[name])
 
     def consumers(self, name: str) -> list[str]:
-        return sorted(self.dag.successors(name))
+        return list(self._succ[name])
 
     def descendants(self, name: str) -> set[str]:
-        return nx.descendants(self.dag, name)
+        return self._reach(name, self._succ)
+
+    @staticmethod
+    def _reach(start: str, adjacency: dict[str, list[str]]) -> set[str]:
+        found: set[str] = set()
+        todo = list(adjacency[start])
+        while todo:
+            name = todo.pop()
+            if name not in found:
+                found.add(name)
+                todo.extend(adjacency[name])
+        return found
+
+
+def _find_cycle(edges: dict[str, set[str]]) -> list[str]:
+    """The targets of one dependency cycle, in edge order, or [] (iterative DFS)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in edges:
+        if root in state:
+            continue
+        path = [root]
+        state[root] = 1
+        stack = [iter(sorted(edges[root]))]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt):]
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(sorted(edges[nxt])))
+    return []
 
 
 def _bind(target: Target, registry: Registry) -> Node:

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import blake3
 
@@ -48,6 +48,7 @@ __all__ = [
     "StatCache",
     "manifest_of",
     "digest_path",
+    "stat_signature",
     "RACY_MARGIN_NS",
 ]
 
@@ -200,6 +201,24 @@ def _signature(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
+def stat_signature(st: os.stat_result) -> tuple[int, ...]:
+    """A file's stat signature: (device, inode, size, mtime_ns, ctime_ns).
+
+    The no-op fast path (fastpath.py) and the code fingerprint
+    (fingerprint.py) use the same fields in the same order.
+    """
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+#: A collector of what a build read: path -> the stat signature taken *before*
+#: its content was read (for a directory: before it was listed).
+Seen = dict[str, tuple[int, ...]]
+
+#: How many times a file that changes while it is hashed is hashed again
+#: before its digest is returned without being remembered.
+_HASH_ATTEMPTS = 3
+
+
 class StatCache:
     """File digests remembered against (dev, ino, size, mtime_ns, ctime_ns).
 
@@ -209,6 +228,11 @@ class StatCache:
     its mtime is older than the moment hashing started minus
     :data:`RACY_MARGIN_NS`. A racy file is hashed again (and re-recorded, so
     it stops being racy once it is old enough).
+
+    A digest is remembered only for the signature of the content that was
+    hashed: the file is stat'ed before and after hashing, and a file that
+    changed meanwhile is hashed again (its digest is never recorded against a
+    signature it did not have when read).
 
     ``cache`` is a ``diskcache.Cache`` (the store passes its own, so the stat
     cache shares the store's SQLite database) or a directory path, for which a
@@ -230,12 +254,21 @@ class StatCache:
             cache = diskcache.Cache(os.fspath(cache), eviction_policy="none", statistics=False)
         self.cache = cache
         self.margin_ns = margin_ns
+        # (dev, ino) -> (signature, digest) of records this process found
+        # trusted: a build looks each blob up several times (the action
+        # lookup, then the restore). A trusted record stays trusted while the
+        # signature matches (the racy rule only gets easier with time).
+        self._trusted: dict[tuple[int, int], tuple[list[int], str]] = {}
 
     def _key(self, st: os.stat_result) -> str:
         return f"{self.KEY_PREFIX}{st.st_dev}:{st.st_ino}"
 
     def lookup(self, st: os.stat_result) -> str | None:
         """The remembered digest if the record matches ``st`` and is not racy."""
+        sig = _signature(st)
+        known = self._trusted.get((st.st_dev, st.st_ino))
+        if known is not None and known[0] == sig:
+            return known[1]
         raw = self.cache.get(self._key(st))
         if raw is None:
             return None
@@ -250,6 +283,7 @@ class StatCache:
             return None
         if st.st_mtime_ns >= recorded_ns - self.margin_ns:
             return None  # racy: a same-granule write after hashing would be invisible
+        self._trusted[(st.st_dev, st.st_ino)] = (sig, digest)
         return digest
 
     def remember(self, st: os.stat_result, digest: str, recorded_ns: int | None = None) -> None:
@@ -261,46 +295,74 @@ class StatCache:
         """
         rec = {"v": STAT_FORMAT, "sig": _signature(st), "t": time.time_ns() if recorded_ns is None else recorded_ns,
                "digest": digest}
+        self._trusted.pop((st.st_dev, st.st_ino), None)  # the next lookup applies the racy rule to it
         self.cache.set(self._key(st), json.dumps(rec, separators=(",", ":")))
 
     def forget(self, st: os.stat_result) -> None:
         """Drop any record for this file's inode."""
+        self._trusted.pop((st.st_dev, st.st_ino), None)
         self.cache.delete(self._key(st))
 
-    def digest(self, path: Path) -> str:
-        """Digest of the file at ``path``, re-hashed only when needed."""
-        try:
-            st = os.stat(path)
-        except OSError as err:
-            raise StoreError(f"cannot read {path}: {err.strerror or err}") from err
+    def digest(self, path: Path, seen: Seen | None = None) -> str:
+        """Digest of the file at ``path``, re-hashed only when needed.
+
+        ``seen`` (if given) receives the stat signature of the content the
+        digest is of, taken before it was read.
+        """
+        return self.digest_stat(path, seen)[0]
+
+    def digest_stat(self, path: Path, seen: Seen | None = None) -> tuple[str, os.stat_result]:
+        """``(digest, stat)``: the digest, and the stat taken just before the
+        content it is the digest of was read (see :meth:`digest`)."""
+        st = _stat(path)
         found = self.lookup(st)
-        if found is not None:
-            return found
-        started = time.time_ns()
-        digest = hash_file(path)
-        try:
-            after = os.stat(path)
-        except OSError as err:
-            raise StoreError(f"cannot read {path}: {err.strerror or err}") from err
-        # Only remember a digest if the file did not visibly change while hashed.
-        if _signature(after) == _signature(st):
-            self.remember(st, digest, recorded_ns=started)
-        return digest
+        if found is None:
+            for attempt in range(_HASH_ATTEMPTS):
+                started = time.time_ns()
+                found = hash_file(path)
+                after = _stat(path)
+                if _signature(after) == _signature(st):
+                    # Only the signature the hashed content had is remembered.
+                    self.remember(st, found, recorded_ns=started)
+                    break
+                if attempt + 1 < _HASH_ATTEMPTS:
+                    st = after  # changed while hashed: hash what is there now
+                # else: keep the signature from before the last read, which the
+                # file no longer has, so whoever checks ``seen`` sees a change.
+        if seen is not None:
+            seen[os.fspath(path)] = stat_signature(st)
+        return found, st
 
 
-def _walk(root: Path, rel: str = "") -> Iterable[tuple[str, os.DirEntry]]:
+def _stat(path: Path) -> os.stat_result:
     try:
-        with os.scandir(root / rel if rel else root) as it:
+        return os.stat(path)
+    except OSError as err:
+        raise StoreError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def _walk(root: Path, rel: str = "", follow: Callable[[Path], Path] | None = None,
+          seen: Seen | None = None) -> Iterable[tuple[str, os.DirEntry]]:
+    folder = root / rel if rel else root
+    try:
+        if seen is not None:  # before listing: a file added later moves the directory's mtime
+            seen[os.fspath(folder)] = stat_signature(os.stat(folder))
+        with os.scandir(folder) as it:
             items = sorted(it, key=lambda d: d.name)
     except OSError as err:
-        raise StoreError(f"cannot list {root / rel}: {err.strerror or err}") from err
+        raise StoreError(f"cannot list {folder}: {err.strerror or err}") from err
     for item in items:
         path = f"{rel}/{item.name}" if rel else item.name
         if item.is_symlink():
-            raise StoreError(f"{root / path}: symbolic links are not allowed in an artifact")
-        if item.is_dir(follow_symlinks=False):
-            yield from _walk(root, path)
-        elif item.is_file(follow_symlinks=False):
+            if follow is None:
+                raise StoreError(f"{root / path}: symbolic links are not allowed in an artifact")
+            # A source tree's in-tree link (links.py): counted by its content.
+            if follow(root / path).is_dir():
+                yield from _walk(root, path, follow, seen)
+                continue
+        if item.is_dir(follow_symlinks=follow is not None):
+            yield from _walk(root, path, follow, seen)
+        elif item.is_file(follow_symlinks=follow is not None):
             yield path, item
         else:
             raise StoreError(f"{root / path}: special files (fifo, socket, device) are not allowed in an artifact")
@@ -312,33 +374,52 @@ def iter_files(root: Path) -> Iterable[tuple[str, os.DirEntry]]:
     return _walk(Path(root))
 
 
-def manifest_of(root: Path, stat_cache: StatCache | None = None) -> Manifest:
+def _file_digest(path: Path, stat_cache: StatCache | None, seen: Seen | None) -> tuple[str, os.stat_result]:
+    if stat_cache is not None:
+        return stat_cache.digest_stat(path, seen)
+    st = _stat(path)
+    digest = hash_file(path)
+    if seen is not None:
+        seen[os.fspath(path)] = stat_signature(st)
+    return digest, st
+
+
+def manifest_of(root: Path, stat_cache: StatCache | None = None, follow: Callable[[Path], Path] | None = None,
+                seen: Seen | None = None) -> Manifest:
     """The manifest of the directory tree at ``root``.
 
     Symlinks and special files are refused with a :class:`StoreError` naming
-    the path: an artifact must be self-contained regular files.
+    the path: an artifact must be self-contained regular files. ``seen``
+    receives the signature of every directory listed and file read.
     """
     entries = []
-    for rel, item in iter_files(Path(root)):
-        st = item.stat(follow_symlinks=False)
-        full = Path(item.path)
-        digest = stat_cache.digest(full) if stat_cache else hash_file(full)
+    for rel, item in _walk(Path(root), "", follow, seen):
+        # Size and mode from the stat the digest's content had, not a later one.
+        digest, st = _file_digest(Path(item.path), stat_cache, seen)
         entries.append(Entry(rel, bool(st.st_mode & statmod.S_IXUSR), digest, st.st_size))
     return Manifest(entries)
 
 
-def digest_path(path: Path, stat_cache: StatCache | None = None) -> str:
-    """A file's content digest, or a directory's manifest digest."""
+def digest_path(path: Path, stat_cache: StatCache | None = None, seen: Seen | None = None) -> str:
+    """A file's content digest, or a directory's manifest digest.
+
+    ``seen`` (path -> stat signature) receives the signature of everything
+    read, taken before it was read: the engine compares them after the step
+    ran, and the no-op fast path records them, so a file changed after it was
+    hashed is never taken for what was hashed.
+    """
     path = Path(path)
     try:
         st = os.lstat(path)
     except OSError as err:
         raise StoreError(f"cannot read {path}: {err.strerror or err}") from err
+    from .links import follower  # sources may hold in-tree links (a Hub cache snapshot)
+
     if statmod.S_ISDIR(st.st_mode):
-        return manifest_of(path, stat_cache).digest
+        return manifest_of(path, stat_cache, follower(path), seen).digest
     if statmod.S_ISLNK(st.st_mode):
         # A source named in a recipe may be a link; what counts is its content.
         path = path.resolve()
         if path.is_dir():
-            return manifest_of(path, stat_cache).digest
-    return stat_cache.digest(path) if stat_cache else hash_file(path)
+            return manifest_of(path, stat_cache, follower(path), seen).digest
+    return _file_digest(path, stat_cache, seen)[0]

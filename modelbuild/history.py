@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,30 +29,78 @@ HISTORY_VERSION = 1
 class History:
     def __init__(self, cache_dir: Path):
         self.dir = Path(cache_dir) / "history"
+        # target -> (file identity, parsed entry): a build reads each entry
+        # several times (schedule, decision, reason, record). Every save is a
+        # new file (rename), so its inode tells a rewrite by anyone apart.
+        self._read: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
     def _path(self, target: str) -> Path:
         return self.dir / f"{target}.json"
 
     def load(self, target: str) -> dict[str, Any] | None:
+        """The last entry saved for ``target`` (a shared dict: do not modify it)."""
+        path = self._path(target)
         try:
-            data = json.loads(self._path(target).read_text())
+            st = os.stat(path)
+            ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+            known = self._read.get(target)
+            if known is not None and known[0] == ident:
+                return known[1]
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        if data.get("version") != HISTORY_VERSION:
+        if not isinstance(data, dict) or data.get("version") != HISTORY_VERSION:
             return None
+        self._read[target] = (ident, data)
         return data
 
     def save(self, target: str, entry: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Write the entry, unless the stored one says the same but for its ``when``:
+        a no-op build then writes nothing (a rename over an existing file makes
+        ext4 flush the new file first, milliseconds per target)."""
         data = {"version": HISTORY_VERSION, **entry}
+        text = json.dumps(data, sort_keys=True)
+        previous = self.load(target)
+        if previous is not None and {**previous, "when": None} == {**json.loads(text), "when": None}:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{target}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, sort_keys=True)
+                fh.write(text)
             os.replace(tmp, self._path(target))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def record(self, target: str, result: Any, key: str | None = None, record: dict[str, Any] | None = None) -> None:
+        """Save what a build did to ``target`` (a :class:`~modelbuild.outcome.TargetResult`).
+
+        A result that was not even keyed this time (skipped, unavailable, an
+        unreadable source) keeps the last key and record, so the next real
+        build still explains what changed since then.
+        """
+        entry: dict[str, Any] = {
+            "status": str(result.status),
+            "reason": result.reason,
+            "reasons": result.reasons,
+            "duration_s": result.duration_s,
+            "summary": result.summary,
+            "log": str(result.log) if result.log else None,
+            "digest": result.digest,
+            "verdict": result.verdict,
+            "command": result.command,
+            "blocked_by": asdict(result.blocked_by) if result.blocked_by else None,
+            "when": time.time(),
+        }
+        if key is not None:
+            entry.update(key=key, record=record)
+        else:
+            previous = self.load(target) or {}
+            entry["key"] = previous.get("key")
+            if previous.get("record") is not None:
+                entry["record"] = previous["record"]
+        self.save(target, entry)
 
     def keys(self) -> set[str]:
         """Action keys referenced by any target's last build (roots for cache gc)."""

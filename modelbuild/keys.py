@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import blake3
@@ -123,16 +124,49 @@ def diff_records(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         b: dict[str, Any] = {}
         _flat("", old.get(section, {}), a)
         _flat("", new.get(section, {}), b)
-        changes = []
-        for name in sorted(set(a) | set(b)):
+        changed = []
+        for name in sorted(set(a) | set(b), key=_natural):
             if a.get(name, "<unset>") == b.get(name, "<unset>"):
                 continue
             before = _short(a[name]) if name in a else "(none)"
             after = _short(b[name]) if name in b else "(none)"
-            if section in ("inputs", "sources"):
-                changes.append(f"{name} (digest {before} -> {after})")
-            else:
-                changes.append(f"{name} {before} -> {after}")
-        if changes:
-            reasons.append(f"{label}: " + ", ".join(changes))
+            changed.append((name, f"digest {before} -> {after}" if section in ("inputs", "sources") else f"{before} -> {after}"))
+        if changed:
+            reasons.append(f"{label}: " + ", ".join(_grouped(changed, section)))
     return reasons
+
+
+def _natural(name: str) -> list:
+    """Sort key putting l2 before l10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
+_NOUNS = {"toolchain": "packages"}
+
+
+def _grouped(changed: list[tuple[str, str]], section: str) -> list[str]:
+    """One phrase per run of consecutive names that changed the same way.
+
+    >>> _grouped([(f"l{i}", "digest a -> b") for i in range(10, 20)], "inputs")
+    ['l10..l19 (10 inputs, digest a -> b)']
+    >>> _grouped([("x", "digest a -> b"), ("y", "digest c -> d")], "inputs")
+    ['x (digest a -> b)', 'y (digest c -> d)']
+    >>> _grouped([("group_size", "32 -> 64")], "params")
+    ['group_size 32 -> 64']
+    """
+    runs: list[list[tuple[str, str]]] = []
+    for item in changed:
+        if runs and runs[-1][-1][1] == item[1]:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    phrases = []
+    for run in runs:
+        first, change = run[0]
+        if len(run) == 1:
+            phrases.append(f"{first} ({change})" if section in ("inputs", "sources") else f"{first} {change}")
+        elif len(run) == 2:
+            phrases.extend(_grouped(run[:1], section) + _grouped(run[1:], section))
+        else:
+            phrases.append(f"{first}..{run[-1][0]} ({len(run)} {_NOUNS.get(section, section)}, {change})")
+    return phrases

@@ -11,6 +11,17 @@ a half-written output. Each file is placed by the cheapest safe method:
   below then reports the blob as corrupt).
 - ``copy``: the last resort (another filesystem, link limits).
 
+Whatever the method, output files are read-only (``0444``, ``0555`` if
+executable) with the blob's fixed mtime: an output is the cache's answer, not
+a scratch file, and a hard-linked one could not be written anyway. A reflink
+or copy that is changed all the same (``chmod`` then a write) no longer
+matches its digest or mode, so the next build's restore replaces it.
+
+``MODELBUILD_MATERIALIZE=reflink|hardlink|copy`` (default ``reflink``) picks
+the first method tried; a weaker one is still used where it fails (a forced
+``reflink`` on ext4 gives hard links). It applies when files are placed: an
+output already holding the right content is left as it is.
+
 Every blob is verified against its digest through the stat cache first, and a
 corrupt or missing blob raises :class:`~modelbuild.errors.CacheCorrupt` naming
 it. Linking and unlinking change a blob's ctime; because that is our own
@@ -39,7 +50,8 @@ from typing import Callable
 from .errors import CacheCorrupt, StoreError
 from .hashing import Entry, Manifest, StatCache, hash_bytes, iter_files
 
-__all__ = ["materialize", "remove_materialized", "remove_tree", "CtimeGuard", "CANONICAL_MTIME_NS"]
+__all__ = ["materialize", "remove_materialized", "remove_tree", "preferred_method", "CtimeGuard",
+           "CANONICAL_MTIME_NS", "METHODS", "MODE_ENV"]
 
 #: Every blob (and every copy made from one) carries this mtime:
 #: 2000-01-01T00:00:00Z. A fixed mtime makes a blob's stat record immune to
@@ -55,6 +67,26 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 BlobPath = Callable[[str, bool], Path]
+
+#: The placement methods, strongest first.
+METHODS = ("reflink", "hardlink", "copy")
+#: The environment variable that picks the first method tried.
+MODE_ENV = "MODELBUILD_MATERIALIZE"
+
+
+def preferred_method() -> str:
+    """The first method to try: ``$MODELBUILD_MATERIALIZE``, else ``"reflink"``.
+
+    Example: ``MODELBUILD_MATERIALIZE=copy modelbuild build`` gives outputs
+    that share nothing with the cache (read-only copies), e.g. to delete the
+    cache afterwards. Raises StoreError for a value that is no method.
+    """
+    value = os.environ.get(MODE_ENV, "").strip().lower()
+    if not value:
+        return "reflink"
+    if value not in METHODS:
+        raise StoreError(f"{MODE_ENV}={value!r}: expected one of {', '.join(METHODS)}")
+    return value
 
 
 def remove_tree(path: Path) -> None:
@@ -171,6 +203,8 @@ def _holds(dest: Path, manifest: Manifest, blobs: dict[str, tuple[Path, os.stat_
         blob_st = blobs[e.path][1]
         if (st.st_dev, st.st_ino) == (blob_st.st_dev, blob_st.st_ino):
             continue  # the verified blob itself
+        if st.st_mode & _WRITABLE:
+            return False  # a reflink or copy someone made writable: place it again, read-only
         if stat_cache.digest(dest / e.path) != e.digest:
             return False
     return True
@@ -202,11 +236,14 @@ def _place(blob: Path, dst: Path, e: Entry, method: str, stat_cache: StatCache) 
     return "copy"
 
 
+_WRITABLE = statmod.S_IWUSR | statmod.S_IWGRP | statmod.S_IWOTH
+
+
 def _finish_copy(dst: Path, e: Entry, stat_cache: StatCache) -> None:
-    # A private copy may be edited without harm; keep the blob's mtime so the
-    # copy's stat record is never racy and the tree is the same everywhere.
-    os.chmod(dst, 0o755 if e.executable else 0o644)
+    # Read-only like a hard-linked blob, so all three methods give the same
+    # tree; the blob's mtime keeps the copy's stat record from being racy.
     os.utime(dst, ns=(CANONICAL_MTIME_NS, CANONICAL_MTIME_NS))
+    os.chmod(dst, 0o555 if e.executable else 0o444)
     stat_cache.remember(os.stat(dst), e.digest)
 
 
@@ -239,17 +276,43 @@ def _locked(path: Path):
 
 _RANK = {"reflink": 0, "hardlink": 1, "copy": 2}
 
+#: directory -> (its mtime_ns, names of the scratch trees in it), so that
+#: restoring N targets into out/ lists out/ once, not N times (N^2 entries).
+_SCRATCH: dict[str, tuple[int, list[str]]] = {}
+
+
+def _scratch_siblings(dest: Path) -> list[Path]:
+    """Scratch trees (``.<name>.mb-*``) of ``dest`` left in its directory by a kill.
+
+    Creating or removing an entry moves the directory's mtime, so a listing is
+    reused while the mtime is unchanged. (A tree that appeared within the same
+    clock tick as the listing is found once the directory changes again; until
+    then it is a harmless hidden directory.)
+    """
+    parent = os.fspath(dest.parent)
+    mtime = os.stat(parent).st_mtime_ns
+    known = _SCRATCH.get(parent)
+    if known is None or known[0] != mtime:
+        with os.scandir(parent) as entries:
+            known = _SCRATCH[parent] = (mtime, [e.name for e in entries if ".mb-" in e.name])
+    prefix = f".{dest.name}.mb-"
+    return [dest.parent / name for name in known[1] if name.startswith(prefix)]
+
 
 def materialize(manifest: Manifest, dest: Path, *, blob_path: BlobPath, stat_cache: StatCache,
-                lock_dir: Path, prefer: str = "reflink") -> str:
+                lock_dir: Path, prefer: str | None = None) -> str:
     """Make ``dest`` hold exactly ``manifest``; return the method used.
 
+    ``prefer`` is the first method tried (default: :func:`preferred_method`).
     Returns ``"reflink"``, ``"hardlink"`` or ``"copy"`` (the weakest method any
     file needed), ``"unchanged"`` if ``dest`` already held this manifest, or
     ``"empty"`` for a manifest without files. Raises CacheCorrupt naming a
     missing or corrupt blob, StoreError if the tree cannot be written (nothing
-    half-built is left behind).
+    half-built is left behind) or ``prefer`` is no method.
     """
+    prefer = preferred_method() if prefer is None else prefer
+    if prefer not in METHODS:
+        raise StoreError(f"unknown materialization method {prefer!r}: expected one of {', '.join(METHODS)}")
     dest = Path(os.path.abspath(dest))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +321,7 @@ def materialize(manifest: Manifest, dest: Path, *, blob_path: BlobPath, stat_cac
     lock_name = hash_bytes(os.fsencode(dest))[3:35]
     with _locked(Path(lock_dir) / f"out-{lock_name}.lock"):
         # Under the lock, any sibling scratch tree is left over from a kill.
-        for stale in dest.parent.glob(f".{dest.name}.mb-*"):
+        for stale in _scratch_siblings(dest):
             remove_tree(stale)
         guard = CtimeGuard(stat_cache, blob_path)
         blobs = _verify_blobs(manifest, blob_path, stat_cache, guard)

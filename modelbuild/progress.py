@@ -64,10 +64,11 @@ class PlainRenderer:
 class LiveRenderer:
     """A live table: running steps with elapsed time and progress, finished ones above."""
 
-    def __init__(self, stream: IO[str]):
+    def __init__(self, stream: IO[str], color: bool | None = None):
         from rich.console import Console
 
-        self.console = Console(file=stream)
+        # color None: rich decides (off when NO_COLOR is set); True/False: --color/--no-color.
+        self.console = Console(file=stream, no_color=None if color is None else not color)
         self.running: dict[str, tuple[str, float, str]] = {}
         self._live = None
 
@@ -114,8 +115,9 @@ class LiveRenderer:
             self.console.print(Text(format_result_line(r), style=_STYLE.get(r.status) or ""), soft_wrap=True)
 
 
-def make_renderer(stream: IO[str] | None = None, *, quiet: bool = False):
+def make_renderer(stream: IO[str] | None = None, *, quiet: bool = False, color: bool | None = None):
+    """The live display on a terminal, plain lines otherwise (``color``: None auto, else forced on/off)."""
     stream = stream or sys.stderr
     if not quiet and stream.isatty():
-        return LiveRenderer(stream)
+        return LiveRenderer(stream, color=color)
     return PlainRenderer(stream, quiet=quiet)

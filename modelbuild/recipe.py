@@ -34,7 +34,9 @@ from .errors import RecipeError, closest
 __all__ = ["Target", "Recipes", "load_recipes", "parse_override", "RESERVED_KEYS"]
 
 RESERVED_KEYS = ("step", "inputs", "extends", "description")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
+#: A ``${name}`` reference (the JSON Schema of ``modelbuild schema`` uses it too).
+VAR_REFERENCE = r"\$\{([A-Za-z_][A-Za-z0-9_.-]*)\}"
+_VAR = re.compile(VAR_REFERENCE)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -199,7 +201,15 @@ def load_recipes(
     for text in overrides or []:
         parts, value = parse_override(text)
         if parts[0] == "vars":
-            variables[".".join(parts[1:])] = value
+            var = ".".join(parts[1:])
+            if var not in variables:
+                # A misspelt name would otherwise change nothing, silently.
+                known = f"known: {', '.join(sorted(variables))}" if variables else "no recipe defines any variables"
+                raise RecipeError(
+                    f"--set {text!r}: no recipe defines variable '{var}' ({known})",
+                    suggestion=closest(var, variables),
+                )
+            variables[var] = value
             continue
         name = parts[1]
         if name not in raw:

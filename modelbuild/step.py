@@ -43,7 +43,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, ClassVar, Mapping
 
@@ -59,6 +58,7 @@ __all__ = [
     "Requirements",
     "Verdict",
     "StepContext",
+    "ResolveContext",
     "StepError",
     "PlatformUnavailable",
     "RecipeError",
@@ -215,6 +215,35 @@ class StepContext:
         return path
 
 
+@dataclass
+class ResolveContext:
+    """What ``Step.resolve`` gets.
+
+    - ``project``: the project root
+    - ``cache``: a directory kept across builds (in the cache) where a step may
+      remember resolutions, e.g. which commit a branch named
+    - ``refresh``: ``--refresh`` was given: resolve again, ignore what was remembered
+    - ``ttl_s``: how long a remembered resolution may be reused without asking again
+    - ``note(text)``: a line the user must see beside the target's decision
+      (``plan``, ``build``), e.g. that an offline build used an old resolution
+    - ``expires(ns)``: the resolution is good until that time (``time.time_ns()``);
+      the no-op fast path does not claim "up to date" past it
+    """
+
+    project: Path
+    cache: Path
+    refresh: bool = False
+    ttl_s: float = 600.0
+    notes: list[str] = field(default_factory=list)
+    valid_until_ns: int | None = None
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def expires(self, when_ns: int) -> None:
+        self.valid_until_ns = when_ns if self.valid_until_ns is None else min(self.valid_until_ns, when_ns)
+
+
 class Step:
     """Base class of step plugins. See the module docstring for an example."""
 
@@ -228,9 +257,16 @@ class Step:
     requires: ClassVar[Requirements] = Requirements()
     #: Distributions whose installed versions go into the action key.
     toolchain: ClassVar[tuple[str, ...]] = ()
-    #: Extra modules (dotted names) whose source goes into the step fingerprint,
-    #: e.g. helpers shared by several steps. The step's own module always does.
+    #: The fingerprint in the action key covers the step module's first-party
+    #: import closure, found from the code (modelbuild/fingerprint.py): helpers
+    #: imported anywhere, even inside ``run``, need no listing. List here only
+    #: modules imported by a computed name (``import_module(f"...{x}")``); each
+    #: adds its own closure.
     code_modules: ClassVar[tuple[str, ...]] = ()
+    #: Non-Python files the step's code reads from its package, as
+    #: ``"package:relative/path"`` (e.g. ``"mypkg:data/vocab.txt"``); their
+    #: bytes go into the fingerprint.
+    code_files: ClassVar[tuple[str, ...]] = ()
     #: Parameters that only judge a cached result (thresholds): they stay out of
     #: the action key, so changing them re-judges without rerunning.
     judge_params: ClassVar[frozenset[str]] = frozenset()
@@ -241,8 +277,23 @@ class Step:
         """Project-relative files or directories whose *content* enters the key."""
         return []
 
+    def resolve(self, params: Params, ctx: ResolveContext) -> Params:
+        """Pin what ``params`` name by a moving reference, before the key is computed.
+
+        A parameter naming something that can change while the recipe does not
+        (a branch of a Hub repo; a module file looked up in the project) is
+        replaced by what it names now (``revision = "main@<commit>"``; the
+        project file), so that the action key changes when the thing moves and
+        never depends on where the command was started. The engine keys, runs
+        and calls ``sources`` with the returned params. Must be idempotent and
+        cheap on resolved params. Default: ``params`` unchanged.
+        """
+        return params
+
     def toolchain_versions(self) -> dict[str, str]:
         """Versions of the declared toolchain (missing ones as ``"not installed"``)."""
+        from importlib import metadata  # ~30 ms to import; steps without a toolchain never need it
+
         versions = {}
         for dist in self.toolchain:
             try:

@@ -41,16 +41,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import diskcache
 
 from . import materialize as _mat
 from .errors import CacheCorrupt, StoreError
 from .hashing import PREFIX, Entry, Manifest, StatCache, hash_bytes, hash_file, iter_files
-
-if TYPE_CHECKING:
-    import filelock
 
 __all__ = ["Store", "ActionRecord", "RECORD_FORMAT"]
 
@@ -367,14 +364,15 @@ class Store:
         invalidating the stat records of its blobs."""
         _mat.remove_materialized(dest, blob_path=self.blob_path, stat_cache=self.stat_cache)
 
-    def lock(self, key: str) -> "filelock.FileLock":
+    def lock(self, key: str):
         """An inter-process exclusive lock for one action key (a context manager).
 
         The second builder to reach a key waits here, then finds the record.
+        A plain ``flock`` on the key's lock file, released by the kernel if the
+        process dies (every target of every build takes one, so it must cost
+        microseconds: the filelock package took milliseconds per target).
         """
-        from filelock import FileLock  # imported on first use: keeps no-op start-up lean
-
-        return FileLock(os.fspath(self.locks / f"key-{hash_bytes(key.encode())[3:35]}.lock"))
+        return _mat._locked(self.locks / f"key-{hash_bytes(key.encode())[3:35]}.lock")
 
     def log_path(self, target: str) -> Path:
         """logs/<target>.log (path separators in the name are replaced)."""
@@ -492,13 +490,25 @@ class Store:
         self._clean_stale_tmp()
 
     def close(self) -> None:
-        """Close the database and release the scratch session (removing it)."""
-        self.cache.close()
-        if self._session_fd is not None and self._session_pid == os.getpid():
-            _mat.remove_tree(self._session)
-            (self.locks / f"{self._session.name}.lock").unlink(missing_ok=True)
-            os.close(self._session_fd)
-            self._session, self._session_fd = None, None
+        """Close the database and release the scratch session (its directory, lock file and descriptor).
+
+        Idempotent. The api closes every store it opens (``with ws.store() as
+        store:``), so a process making many calls leaves nothing behind. The
+        database connections of other threads (an engine's pool) close when
+        those threads end.
+        """
+        with self._session_guard:
+            try:
+                self.cache.close()
+            finally:
+                fd, session = self._session_fd, self._session
+                self._session, self._session_fd = None, None
+                if fd is not None and self._session_pid == os.getpid():
+                    try:
+                        _mat.remove_tree(session)
+                        (self.locks / f"{session.name}.lock").unlink(missing_ok=True)
+                    finally:
+                        os.close(fd)
 
     def __enter__(self) -> "Store":
         return self

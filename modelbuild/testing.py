@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .artifacts import Artifact
-from .step import Step, StepContext
+from .step import ResolveContext, Step, StepContext
 
 __all__ = ["run_step", "as_artifact"]
 
@@ -54,6 +54,8 @@ def run_step(
     out.mkdir(parents=True, exist_ok=True)
     root = project or Path.cwd()
     with tempfile.TemporaryDirectory(prefix="modelbuild-test-") as work:
+        # As the engine does: pin moving references (Step.resolve) before running.
+        parsed = instance.resolve(parsed, ResolveContext(project=root, cache=Path(work) / "resolved"))
         ctx = StepContext(
             target=target,
             params=parsed,

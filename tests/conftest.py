@@ -12,12 +12,17 @@ from pathlib import Path
 
 import pytest
 
+# Fails any unmarked test that imports torch/executorch/coremltools/torchao/
+# transformers (see the module's docstring); its hooks register from here.
+from tests.ml_guard import *  # noqa: E402,F401,F403
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch):
     # Tests must not pick up a developer's cache or platform override.
     monkeypatch.delenv("MODELBUILD_CACHE_DIR", raising=False)
     monkeypatch.delenv("MODELBUILD_HOST_PLATFORM", raising=False)
+    monkeypatch.delenv("MODELBUILD_MATERIALIZE", raising=False)
 
 
 class Project:
@@ -113,8 +118,9 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None):
     import subprocess
     import sys
 
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("MODELBUILD_CACHE_DIR", None)
+    # A developer's MODELBUILD_CACHE_DIR must not leak in; one passed in ``env`` is used.
+    full_env = {k: v for k, v in os.environ.items() if k != "MODELBUILD_CACHE_DIR"}
+    full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "modelbuild.cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
     )

@@ -50,6 +50,9 @@ class _Handler(BaseHTTPRequestHandler):
         server: Loopback = self.server.owner  # type: ignore[attr-defined]
         seen = Seen(method, self.path, {k.lower(): v for k, v in self.headers.items()})
         server.requests.append(seen)
+        if server.down:  # a network failure: hang up without an answer (even on a kept-alive connection)
+            self.close_connection = True
+            return
         reply = server.app(seen)
         self.send_response(reply.status)
         headers = {"Content-Length": str(len(reply.body)), **reply.headers}
@@ -86,6 +89,8 @@ class Loopback:
     def __init__(self, app: Callable[[Seen], Reply]):
         self.app = app
         self.requests: list[Seen] = []
+        #: True: every request is dropped without an answer, as by a network failure.
+        self.down = False
         self.stopping = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True

@@ -28,12 +28,22 @@ def _wait_for(path, timeout=60):
 
 
 def test_kill_minus_9_mid_step_leaves_cache_consistent(project):
+    """A step killed with the tool leaves no record: the same command, rebuilt, runs again.
+
+    The command is identical in both builds (the pause depends on a file that is
+    not an input), so the second build has the very key the killed one had; a
+    record written for the half-done output would turn it into a wrong hit.
+    """
+    from modelbuild.api import plan
+    from modelbuild.store import Store
+
     project.recipe("""
         [targets.slow]
         step = "command"
-        command = "echo half > $MODELBUILD_OUT/out.txt; touch {project}/started; sleep 30; echo done >> $MODELBUILD_OUT/out.txt"
+        command = "echo run >> {project}/runs.log; echo half > $MODELBUILD_OUT/out.txt; if [ -e {project}/hold ]; then touch {project}/started; sleep 30; fi; echo done >> $MODELBUILD_OUT/out.txt"
         outs = ["out.txt"]
     """)
+    (project.root / "hold").touch()
     proc = _spawn(project, "slow")
     assert _wait_for(project.root / "started")
     proc.send_signal(signal.SIGKILL)
@@ -43,16 +53,20 @@ def test_kill_minus_9_mid_step_leaves_cache_consistent(project):
     ps = subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True, text=True)
     assert ps.stdout.strip() == "" or all(not _is_ours(pid, project) for pid in ps.stdout.split())
     assert not (project.out / "slow").exists()
-    (project.root / "started").unlink()
-    project.recipe("""
-        [targets.slow]
-        step = "command"
-        command = "echo half > $MODELBUILD_OUT/out.txt; echo done >> $MODELBUILD_OUT/out.txt"
-        outs = ["out.txt"]
-    """)
+    (project.root / "hold").unlink()
+
+    [row] = plan(["slow"], project=project.root).rows
+    assert row.decision == "miss" and row.key
+    with Store(project.cache) as store:
+        assert store.get_action(row.key) is None  # nothing recorded for the killed run's key
     result = project.build("slow")
-    assert result.targets["slow"].status == "built"
+    assert result.targets["slow"].status == "built" and result.targets["slow"].key == row.key
+    assert (project.root / "runs.log").read_text() == "run\nrun\n"  # it really ran again
     assert (project.out / "slow" / "out.txt").read_text() == "half\ndone\n"
+    with Store(project.cache) as store:
+        assert store.get_action(row.key) is not None
+    again = project.build("slow")
+    assert again.targets["slow"].status == "cached" and (project.root / "runs.log").read_text() == "run\nrun\n"
 
 
 def _is_ours(pid: str, project) -> bool:

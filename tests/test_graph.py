@@ -78,7 +78,6 @@ def test_step_check_errors_get_full_key(project):
 
 def test_kind_mismatch_is_a_recipe_error(project):
     """A step whose slot needs one kind, fed another, fails at graph time."""
-    pytest.importorskip("modelbuild.steps.lower")
     err = error(project, """
         [targets.files]
         step = "command"
@@ -92,7 +91,6 @@ def test_kind_mismatch_is_a_recipe_error(project):
 
 
 def test_single_slot_shorthand_and_wrong_slot(project):
-    pytest.importorskip("modelbuild.steps.lower")
     err = error(project, """
         [targets.files]
         step = "command"

@@ -254,3 +254,84 @@ def test_stat_cache_on_a_shared_cache_ignores_unreadable_records(tmp_path):
         assert sc.lookup(os.stat(f)) == hash_bytes(b"data")
         sc.forget(st)
         assert sc.lookup(st) is None
+
+
+def test_a_file_changed_while_hashed_is_hashed_again(tmp_path, monkeypatch):
+    """The digest returned, the one remembered and the signature reported
+    (``seen``) all belong to the same content: never a digest of "one"
+    against the signature of "two!" (issue 11, hole 1)."""
+    sc = StatCache(tmp_path / "db")
+    f = tmp_path / "f"
+    f.write_bytes(b"one")
+    old(f)
+    real, reads = hashing.hash_file, []
+
+    def racing(path):
+        digest = real(path)
+        reads.append(digest)
+        if len(reads) == 1:
+            f.write_bytes(b"two!")  # an editor saves just after the first read
+        return digest
+
+    monkeypatch.setattr(hashing, "hash_file", racing)
+    seen: dict = {}
+    assert sc.digest(f, seen) == hash_bytes(b"two!")
+    assert reads == [hash_bytes(b"one"), hash_bytes(b"two!")]
+    assert seen == {str(f): hashing.stat_signature(os.stat(f))}
+
+
+def test_a_file_that_never_settles_is_reported_as_changed(tmp_path, monkeypatch):
+    sc = StatCache(tmp_path / "db")
+    f = tmp_path / "f"
+    f.write_bytes(b"0")
+    real, n = hashing.hash_file, []
+
+    def always_racing(path):
+        digest = real(path)
+        n.append(1)
+        f.write_bytes(str(len(n)).encode() * (len(n) + 1))
+        return digest
+
+    monkeypatch.setattr(hashing, "hash_file", always_racing)
+    seen: dict = {}
+    sc.digest(f, seen)
+    assert len(n) == hashing._HASH_ATTEMPTS
+    # What was read is not what is there: whoever checks the signature sees a change.
+    assert seen[str(f)] != hashing.stat_signature(os.stat(f))
+    assert sc.lookup(os.stat(f)) is None
+
+
+def test_digest_path_reports_what_it_read(tmp_path):
+    root = tmp_path / "src"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("a")
+    (root / "sub" / "b.txt").write_text("b")
+    seen: dict = {}
+    digest_path(root, StatCache(tmp_path / "db"), seen)
+    assert set(seen) == {str(root), str(root / "sub"), str(root / "a.txt"), str(root / "sub" / "b.txt")}
+    assert all(sig == hashing.stat_signature(os.stat(p)) for p, sig in seen.items())
+    time.sleep(0.01)
+    (root / "sub" / "new.txt").write_text("n")  # a file added later moves its directory's signature
+    assert seen[str(root / "sub")] != hashing.stat_signature(os.stat(root / "sub"))
+
+
+def test_a_trusted_record_is_not_read_again_until_the_file_changes(tmp_path, count_hashes):
+    """A build looks each blob up several times: one database read is enough,
+    and a changed file is never answered from what was trusted before."""
+    sc = StatCache(tmp_path / "db")
+    f = tmp_path / "f"
+    f.write_bytes(b"one")
+    old(f)
+    sc.digest(f)
+    reads = []
+    real_get = sc.cache.get
+    sc.cache.get = lambda key, *a, **k: reads.append(key) or real_get(key, *a, **k)
+    assert sc.lookup(os.stat(f)) == hash_bytes(b"one")
+    assert sc.lookup(os.stat(f)) == hash_bytes(b"one")
+    assert len(reads) == 1
+    f.write_bytes(b"two")  # same size
+    old(f, 20)
+    assert sc.lookup(os.stat(f)) is None
+    assert sc.digest(f) == hash_bytes(b"two")
+    sc.forget(os.stat(f))
+    assert sc.lookup(os.stat(f)) is None

@@ -52,3 +52,25 @@ def test_typed_reasons():
     assert "params changed: group_size 32 -> 64" in reasons
     assert "input changed: checkpoint (digest 111111111111 -> 222222222222)" in reasons
     assert "toolchain changed: executorch 1.4.1 -> 1.5.1" in reasons
+
+
+def test_one_change_repeated_over_many_inputs_is_said_once():
+    """l10..l19 all went a -> b: one phrase with the count, not ten copies (natural order: l9 before l10)."""
+    digest = {"a": "b3:" + "a" * 64, "b": "b3:" + "b" * 64, "c": "b3:" + "c" * 64}
+    old = {f"l{i}": digest["a"] for i in range(8, 20)}
+    new = {**old, **{f"l{i}": digest["b"] for i in range(10, 20)}, "l8": digest["c"], "l9": digest["c"]}
+    a = key_record(step="s", step_version=1, fingerprint="f", params={}, inputs=old, sources={}, toolchain={})
+    b = key_record(step="s", step_version=1, fingerprint="f", params={}, inputs=new, sources={}, toolchain={})
+    short = {k: v[3:15] for k, v in digest.items()}
+    assert diff_records(a, b) == [
+        f"input changed: l8 (digest {short['a']} -> {short['c']}), l9 (digest {short['a']} -> {short['c']}), "
+        f"l10..l19 (10 inputs, digest {short['a']} -> {short['b']})"
+    ]
+
+
+def test_keys_doctests():
+    import doctest
+
+    import modelbuild.keys
+
+    assert doctest.testmod(modelbuild.keys).failed == 0

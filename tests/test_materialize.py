@@ -1,11 +1,21 @@
-"""Materialization: methods, atomic replacement, no-op detection, corruption, faults."""
+"""Materialization: methods, atomic replacement, no-op detection, corruption, faults.
+
+Each method is tested by forcing it (``MODELBUILD_MATERIALIZE``); the real
+reflink test needs a filesystem with reflinks and says in its skip reason
+which one it looked for.
+"""
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import shutil
 import stat
+import struct
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +23,7 @@ from modelbuild import materialize as mat
 from modelbuild.errors import CacheCorrupt, StoreError
 from modelbuild.hashing import Manifest, manifest_of
 from modelbuild.store import Store
+from tests.conftest import run_cli
 
 
 @pytest.fixture
@@ -20,6 +31,13 @@ def store(tmp_path):
     s = Store(tmp_path / "cache")
     yield s
     s.close()
+
+
+@pytest.fixture(autouse=True)
+def _hard_links_unless_a_test_says_otherwise(monkeypatch):
+    # Most tests here check hard-link behaviour; pinned, they mean the same on a
+    # reflink-capable temp dir. Tests of the other methods set their own.
+    monkeypatch.setenv(mat.MODE_ENV, "hardlink")
 
 
 def ingest(store: Store, files: dict[str, bytes], exe=()) -> Manifest:
@@ -39,7 +57,7 @@ FILES = {"model.pte": os.urandom(2 << 20), "meta/info.json": b"{}", "bin/tool": 
 def test_hardlinks_read_only_blobs_and_matches_the_manifest(store, tmp_path):
     m = ingest(store, FILES, exe={"bin/tool"})
     dest = tmp_path / "out" / "t"
-    assert store.materialize(m, dest) == "hardlink"  # ext4: no reflink
+    assert store.materialize(m, dest) == "hardlink"
     assert manifest_of(dest) == m
     for e in m.entries:
         st, blob = os.stat(dest / e.path), os.stat(store.blob_path(e.digest, e.executable))
@@ -100,7 +118,23 @@ def test_missing_blob_raises(store, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_copy_fallback_gives_private_writable_files(store, tmp_path, monkeypatch):
+def _assert_private_read_only(store, m, dest):
+    """Each file is its own inode (not the blob), read-only, with the blob's mtime."""
+    assert manifest_of(dest) == m
+    for e in m.entries:
+        st, blob = os.stat(dest / e.path), os.stat(store.blob_path(e.digest, e.executable))
+        assert (st.st_dev, st.st_ino) != (blob.st_dev, blob.st_ino) and st.st_nlink == 1, e.path
+        assert stat.S_IMODE(st.st_mode) == (0o555 if e.executable else 0o444), e.path
+        assert st.st_mtime_ns == mat.CANONICAL_MTIME_NS, e.path
+
+
+def _tamper(path: Path, data: bytes) -> None:
+    """What a user (or root) can still do to a read-only output."""
+    os.chmod(path, 0o644)
+    path.write_bytes(data)
+
+
+def test_copy_fallback_gives_private_read_only_files(store, tmp_path, monkeypatch):
     def no_link(*a, **k):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
@@ -108,14 +142,94 @@ def test_copy_fallback_gives_private_writable_files(store, tmp_path, monkeypatch
     m = ingest(store, FILES, exe={"bin/tool"})
     dest = tmp_path / "out"
     assert store.materialize(m, dest) == "copy"
-    assert manifest_of(dest) == m
-    st = os.stat(dest / "model.pte")
-    assert st.st_mtime_ns == mat.CANONICAL_MTIME_NS and st.st_mode & stat.S_IWUSR
+    _assert_private_read_only(store, m, dest)
     assert store.materialize(m, dest) == "unchanged"
-    (dest / "model.pte").write_bytes(b"edited")  # editing a copy cannot hurt the store
+    _tamper(dest / "model.pte", b"edited")  # editing a copy cannot hurt the store
     assert store.verify() == []
     assert store.materialize(m, dest) == "copy"
-    assert manifest_of(dest) == m
+    _assert_private_read_only(store, m, dest)
+
+
+@pytest.mark.parametrize("mode", ["hardlink", "copy"])
+def test_each_forced_method_is_used(store, tmp_path, monkeypatch, mode):
+    monkeypatch.setenv(mat.MODE_ENV, mode)
+    m = ingest(store, FILES, exe={"bin/tool"})
+    dest = tmp_path / "out"
+    assert store.materialize(m, dest) == mode
+    if mode == "copy":
+        _assert_private_read_only(store, m, dest)
+    else:
+        for e in m.entries:
+            assert os.stat(dest / e.path).st_ino == os.stat(store.blob_path(e.digest, e.executable)).st_ino
+    assert store.materialize(m, dest) == "unchanged"
+
+
+def _can_reflink(directory: Path) -> bool:
+    a, b = directory / ".reflink-probe-a", directory / ".reflink-probe-b"
+    a.write_bytes(b"x" * 4096)
+    try:
+        with open(a, "rb") as src, open(b, "wb") as dst:
+            fcntl.ioctl(dst.fileno(), mat.FICLONE, src.fileno())
+        return True
+    except OSError:
+        return False
+    finally:
+        a.unlink(missing_ok=True)
+        b.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("setting", ["reflink", None])
+def test_reflink_first_falls_back_to_hard_links_where_it_cannot(store, tmp_path, monkeypatch, setting):
+    """Forced or by default, reflink is tried first; on ext4 (no reflinks) hard links are used.
+
+    Which path ran here is printed (-s shows it); test_real_reflink_* tests
+    the reflink itself on a filesystem that has them.
+    """
+    if setting is None:
+        monkeypatch.delenv(mat.MODE_ENV)
+    else:
+        monkeypatch.setenv(mat.MODE_ENV, setting)
+    m = ingest(store, FILES, exe={"bin/tool"})
+    capable = _can_reflink(tmp_path)
+    got = store.materialize(m, tmp_path / "out")
+    print(f"{tmp_path}: reflinks {'work: reflink ran' if capable else 'unsupported: hard links ran'}")
+    assert got == ("reflink" if capable else "hardlink")
+    if got == "reflink":
+        _assert_private_read_only(store, m, tmp_path / "out")
+
+
+def test_an_unknown_method_is_a_store_error(store, tmp_path, monkeypatch):
+    monkeypatch.setenv(mat.MODE_ENV, "symlink")
+    m = ingest(store, {"a": b"aaaa"})
+    with pytest.raises(StoreError, match="MODELBUILD_MATERIALIZE='symlink': expected one of reflink, hardlink, copy"):
+        store.materialize(m, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_copy_made_writable_is_placed_again(store, tmp_path, monkeypatch):
+    monkeypatch.setenv(mat.MODE_ENV, "copy")
+    m = ingest(store, {"a": b"aaaa"})
+    dest = tmp_path / "out"
+    store.materialize(m, dest)
+    os.chmod(dest / "a", 0o644)  # same content, but no longer protected
+    assert store.materialize(m, dest) == "copy"
+    _assert_private_read_only(store, m, dest)
+
+
+def test_next_build_replaces_an_edited_copy_even_on_the_no_op_path(chain, monkeypatch):
+    """Through the CLI: the no-op fast path watches out/, so an edited copy is restored."""
+    env = {mat.MODE_ENV: "copy"}
+    assert run_cli("build", cwd=chain.root, env=env).returncode == 0
+    out = chain.out / "c" / "c.txt"
+    good = out.read_bytes()
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o444 and os.stat(out).st_nlink == 1
+    time.sleep(2.1)  # past the racy window: the next build may take the fast path
+    assert run_cli("build", cwd=chain.root, env=env).returncode == 0  # records the no-op state
+    _tamper(out, b"tampered\n")
+    again = run_cli("build", "--json", cwd=chain.root, env=env)
+    assert again.returncode == 0, again.stderr
+    assert out.read_bytes() == good
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o444
 
 
 def test_write_error_raises_store_error_and_keeps_the_old_output(store, tmp_path, monkeypatch):
@@ -279,3 +393,88 @@ def test_two_processes_restoring_into_one_output(store, tmp_path):
     assert manifest_of(dest) in (m1, m2)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["t"]
     assert store.verify() == []
+
+
+# -- the real reflink ---------------------------------------------------------------
+
+_FS_IOC_FIEMAP = 0xC020660B
+_FIEMAP_FLAG_SYNC = 0x1
+_FIEMAP_EXTENT_SHARED = 0x2000
+
+
+def _extents_shared(path: Path) -> bool:
+    """True if every data extent of ``path`` is shared with another file (FIEMAP)."""
+    count = 64
+    buf = bytearray(struct.pack("=QQLLLL", 0, 2**64 - 1, _FIEMAP_FLAG_SYNC, 0, count, 0) + bytes(56 * count))
+    with open(path, "rb") as f:
+        fcntl.ioctl(f.fileno(), _FS_IOC_FIEMAP, buf)
+    mapped = struct.unpack_from("=L", buf, 20)[0]
+    flags = [struct.unpack_from("=L", buf, 32 + 56 * i + 40)[0] for i in range(mapped)]
+    return mapped > 0 and all(f & _FIEMAP_EXTENT_SHARED for f in flags)
+
+
+@pytest.fixture(scope="session")
+def reflink_dir(tmp_path_factory):
+    """A directory on a filesystem with reflinks.
+
+    In order: ``$MODELBUILD_TEST_REFLINK_DIR``; the temp dir itself (btrfs,
+    XFS); else, as root with ``mkfs.xfs`` (xfsprogs) and a loop device, a
+    320 MB sparse XFS image mounted for the session. Skips naming what is missing.
+    """
+    given = os.environ.get("MODELBUILD_TEST_REFLINK_DIR")
+    if given:
+        path = Path(given) / f"mb-test-{os.getpid()}"
+        path.mkdir(parents=True, exist_ok=True)
+        if not _can_reflink(path):
+            pytest.fail(f"MODELBUILD_TEST_REFLINK_DIR={given} has no reflinks")
+        yield path
+        mat.remove_tree(path)
+        return
+    base = tmp_path_factory.mktemp("reflink")
+    if _can_reflink(base):
+        yield base
+        return
+    missing = [why for why, ok in (("root", os.geteuid() == 0), ("mkfs.xfs (xfsprogs)", shutil.which("mkfs.xfs")),
+                                   ("mount", shutil.which("mount")), ("/dev/loop-control", os.path.exists("/dev/loop-control")))
+               if not ok]
+    if missing:
+        pytest.skip(f"reflink path not tested: the temp dir has no reflinks (hard links ran instead) and a loop-mounted "
+                    f"XFS needs {', '.join(missing)}; or set MODELBUILD_TEST_REFLINK_DIR")
+    image, mnt = base / "xfs.img", base / "mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(320 << 20)
+    for cmd in (["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], ["mount", "-o", "loop", str(image), str(mnt)]):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"reflink path not tested: `{' '.join(cmd[:3])} ...` failed here ({done.stderr.strip()[:200]}); "
+                        f"hard links ran instead; or set MODELBUILD_TEST_REFLINK_DIR")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        image.unlink(missing_ok=True)
+
+
+def test_real_reflink_shares_blocks_and_is_read_only(reflink_dir, monkeypatch):
+    monkeypatch.delenv(mat.MODE_ENV)  # the default: reflink first
+    with Store(reflink_dir / "cache") as s:
+        m = ingest(s, FILES, exe={"bin/tool"})
+        dest = reflink_dir / "out" / "t"
+        assert s.materialize(m, dest) == "reflink"
+        _assert_private_read_only(s, m, dest)
+        model = next(e for e in m.entries if e.path == "model.pte")
+        assert _extents_shared(dest / "model.pte") and _extents_shared(s.blob_path(model.digest))
+        assert s.materialize(m, dest) == "unchanged"
+        # Edited all the same: the blob keeps its bytes, and the next restore replaces the file.
+        _tamper(dest / "model.pte", b"E" * model.size)
+        assert s.verify() == [] and s.missing_or_corrupt(m) == []
+        assert s.materialize(m, dest) == "reflink"
+        _assert_private_read_only(s, m, dest)
+        # Forcing the other methods works on this filesystem too.
+        monkeypatch.setenv(mat.MODE_ENV, "hardlink")
+        assert s.materialize(m, reflink_dir / "out" / "h") == "hardlink"
+        monkeypatch.setenv(mat.MODE_ENV, "copy")
+        assert s.materialize(m, reflink_dir / "out" / "c") == "copy"
+        assert not _extents_shared(reflink_dir / "out" / "c" / "model.pte")

@@ -145,3 +145,44 @@ def test_override_values_round_trip(value):
     parts, parsed = parse_override(f"targets.t.p={raw}")
     assert parts == ["targets", "t", "p"]
     assert parsed == value
+
+
+def test_set_of_an_undefined_variable_is_an_error_with_the_closest_name(project):
+    """`--set vars.NAME=...` for a name no recipe defines did nothing, silently."""
+    text = "[vars]\nseq_len = 1\n[targets.t]\nstep = 'command'\ncommand = 'echo ${seq_len}'\n"
+    with pytest.raises(RecipeError) as info:
+        load(project, text, overrides=["vars.seq=2"])
+    err = info.value
+    assert err.suggestion == "seq_len"
+    assert "--set 'vars.seq=2'" in str(err) and "no recipe defines variable 'seq'" in str(err)
+    # Without any [vars] at all: still an error, and it says so.
+    with pytest.raises(RecipeError, match="no recipe defines any variables"):
+        load(project, "[targets.t]\nstep = 'command'\ncommand = 'x'\n", overrides=["vars.x=1"])
+    # A defined one is taken.
+    assert load(project, text, overrides=["vars.seq_len=7"]).targets["t"].params["command"] == "echo 7"
+
+
+def test_set_of_an_unknown_parameter_names_the_key_and_the_closest_parameter(project):
+    from modelbuild.api import plan
+
+    project.recipe("[targets.t]\nstep = 'command'\ncommand = 'true'\n")
+    with pytest.raises(RecipeError) as info:
+        plan(["t"], project=project.root, overrides=["targets.t.comand=x"])
+    err = info.value
+    assert err.key == "targets.t.comand" and err.suggestion == "command"
+    assert "unknown parameter 'comand' for step 'command'" in str(err)
+
+
+def test_reference_doc_sets_only_variables_a_shipped_recipe_defines():
+    """docs/recipe-reference.md once showed `--set vars.seq`, which no shipped recipe has."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = load_recipes(root / "recipes", root=root)
+    doc = (root / "docs" / "recipe-reference.md").read_text()
+    examples = [e for line in re.findall(r"^modelbuild .*$", doc, re.M) for e in re.findall(r"--set (\S+)", line)]
+    assert any(e.startswith("vars.") for e in examples)
+    for example in examples:
+        load_recipes(root / "recipes", overrides=[example], root=root)  # raises on an unknown name
+    assert shipped.targets

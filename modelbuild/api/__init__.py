@@ -13,8 +13,12 @@ from .clean import clean
 from .explain import explain
 from .graph import graph
 from .listing import list_steps, list_targets, schema
+from .lock import lock
 from .plan import plan
+from .release import release, release_verify
 from .report import report
+from .verify import verify
+from .whence import whence
 
 __all__ = [
     "build",
@@ -30,4 +34,9 @@ __all__ = [
     "cache_clear",
     "clean",
     "report",
+    "lock",
+    "release",
+    "release_verify",
+    "verify",
+    "whence",
 ]

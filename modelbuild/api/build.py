@@ -30,23 +30,37 @@ def build(
     overrides: list[str] | None = None,
     require_validation: bool = False,
     on_event: Callable[[Event], None] | None = None,
+    frozen: bool = False,
+    refresh: bool = False,
 ) -> BuildResult:
     """Build ``targets`` (the recipes' default target when empty) and their inputs.
 
     Step failures do not raise: they are in the result. Recipe errors raise
-    :class:`~modelbuild.errors.RecipeError` before anything runs.
+    :class:`~modelbuild.errors.RecipeError` before anything runs. Targets named
+    in ``targets`` that this host cannot build are listed in
+    ``result.unavailable_requested`` (the CLI exits 3 for them). The store is
+    closed before returning. ``frozen`` refuses a missing or stale
+    ``modelbuild.lock`` (:class:`~modelbuild.lockfile.LockStale`, see api/lock.py).
+    ``refresh`` resolves floating references (a Hub branch) again now instead
+    of reusing a resolution remembered for a few minutes (resolve.py).
     """
     ws = Workspace.locate(project, recipes=recipes, cache_dir=cache_dir, out_dir=out_dir)
     graph = ws.graph(overrides)
     names = graph.resolve_names(list(targets or []))
-    engine = Engine(
-        graph,
-        ws.store(),
-        project=ws.root,
-        out_dir=ws.out_dir,
-        jobs=jobs,
-        keep_going=keep_going,
-        require_validation=require_validation,
-        on_event=on_event,
-    )
-    return engine.build(names)
+    if frozen:  # modelbuild.lock must be current; floating revisions build at their locked commits
+        from .lock import frozen_graph
+
+        graph = frozen_graph(ws, graph, names, overrides, jobs=jobs)
+    with ws.store() as store:
+        engine = Engine(
+            graph,
+            store,
+            project=ws.root,
+            out_dir=ws.out_dir,
+            jobs=jobs,
+            keep_going=keep_going,
+            require_validation=require_validation,
+            on_event=on_event,
+            refresh=refresh,
+        )
+        return engine.build(names, explicit=list(targets or []))

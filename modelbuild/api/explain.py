@@ -55,6 +55,8 @@ def explain(
                 duration_s=last.get("duration_s"),
                 log=last.get("log"),
                 verdict=last.get("verdict"),
+                blocked_by=last.get("blocked_by"),
+                command=last.get("command"),
                 when=last.get("when"),
             )
         result.entries.append(entry)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..recipe import VAR_REFERENCE
 from .workspace import Workspace
 
 __all__ = ["list_targets", "list_steps", "schema"]
@@ -75,7 +76,14 @@ def _type_name(annotation: Any) -> str:
 
 
 def schema() -> dict[str, Any]:
-    """JSON Schema of a recipe file, with one target variant per installed step."""
+    """JSON Schema of a recipe file, with one target variant per installed step.
+
+    It accepts what :func:`modelbuild.recipe.load_recipes` accepts: a target
+    with ``extends`` may leave out ``step`` and the required parameters (its
+    base has them), and any value may be a whole-string ``"${name}"``
+    reference, which takes the variable's type. Unknown keys and mistyped
+    values are still rejected. A test validates every shipped recipe with it.
+    """
     from pydantic import ConfigDict, Field, create_model
 
     from ..plugins import Registry
@@ -84,21 +92,37 @@ def schema() -> dict[str, Any]:
     for info in Registry.discover():
         cls = info.cls
         fields: dict[str, Any] = {
-            "step": (str, Field(json_schema_extra={"const": info.name})),
+            "step": (str | None, Field(None, json_schema_extra={"const": info.name})),
             "description": (str | None, None),
             "extends": (str | None, None),
             "inputs": (dict[str, str | list[str]] | str | None, None),
         }
+        required = []
         for name, f in cls.Params.model_fields.items():
             fields[name] = (f.annotation, f)
+            if f.is_required():
+                required.append(name)
         model = create_model(f"Target_{info.name}", __config__=ConfigDict(extra="forbid"), **fields)
-        variants.append(model.model_json_schema())
+        variant = model.model_json_schema()
+        variant["properties"]["step"] = {"const": info.name, "description": "the step plugin"}
+        # Either a complete target, or a variant whose base supplies the step
+        # and the required parameters.
+        variant.pop("required", None)
+        variant["anyOf"] = [{"required": ["step", *required]}, {"required": ["extends"]}]
+        variants.append(variant)
     defs: dict[str, Any] = {}
     refs = []
     for v in variants:
         defs.update(v.pop("$defs", {}))
         defs[v["title"]] = v
         refs.append({"$ref": f"#/$defs/{v['title']}"})
+    for name, definition in defs.items():
+        _allow_variables(definition)
+    defs[_VARIABLE] = {
+        "type": "string",
+        "pattern": f"^{VAR_REFERENCE}$",
+        "description": 'a whole-string "${name}" reference: takes the type of the variable',
+    }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "modelbuild recipe",
@@ -111,3 +135,42 @@ def schema() -> dict[str, Any]:
         },
         "$defs": defs,
     }
+
+
+_VARIABLE = "VariableReference"
+_META = ("title", "description", "default", "examples")
+
+
+def _allow_variables(node: dict[str, Any]) -> None:
+    """Let every value position under ``node`` also hold a ``"${name}"`` reference (in place).
+
+    Variables are substituted before parameters are checked, so a reference
+    stands for a value of any type; plain strings accept one already.
+    """
+    for key in ("properties", "patternProperties", "$defs"):
+        for name, child in list(node.get(key, {}).items()):
+            node[key][name] = _with_variable(child)
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            node[key] = _with_variable(node[key])
+    if isinstance(node.get("prefixItems"), list):
+        node["prefixItems"] = [_with_variable(c) for c in node["prefixItems"]]
+    for key in ("anyOf", "oneOf", "allOf"):
+        for child in node.get(key, []):
+            if isinstance(child, dict):
+                _allow_variables(child)
+
+
+def _with_variable(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    _allow_variables(node)
+    ref = {"$ref": f"#/$defs/{_VARIABLE}"}
+    if node.get("type") == "string" and not any(k in node for k in ("enum", "const", "pattern", "format")):
+        return node  # any string, so a reference already
+    if "anyOf" in node:
+        if ref not in node["anyOf"]:
+            node["anyOf"].append(ref)
+        return node
+    meta = {k: node.pop(k) for k in _META if k in node}
+    return {**meta, "anyOf": [node, ref]}

@@ -1,8 +1,11 @@
 """``plan``: a dry run. For each step: hit or miss, and the typed reason.
 
-A target downstream of a miss cannot know its key yet (its input digest is
-not known until the input is rebuilt); it is shown as "pending" with the
-upstream target named, because an unchanged rebuild would cut it off early.
+Each row is :meth:`Engine.decide <modelbuild.engine.Engine.decide>`, the very
+decision ``build`` acts on, fed with the *predicted* results of the inputs: a
+hit's digest is known; a miss's is not until it is rebuilt, so a target
+downstream of a miss is "pending" (an identical rebuild would keep it a hit).
+Downstream of an unavailable or failing input a target is "skipped", with the
+same ``blocked_by`` the build would give it.
 
 Example::
 
@@ -15,9 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine import Engine, _InputMissing
-from ..graph import input_kinds
-from ..step import unmet_requirement
+from ..engine import Engine
+from ..outcome import Blocker, Kind, TargetResult
 from .workspace import Workspace
 
 __all__ = ["plan", "Plan", "PlanRow"]
@@ -27,12 +29,18 @@ __all__ = ["plan", "Plan", "PlanRow"]
 class PlanRow:
     target: str
     step: str
-    decision: str  # "hit" | "miss" | "pending" | "unavailable" | "error"
+    decision: Kind  # hit | miss | pending | unavailable | skipped | error (a str enum)
     reasons: tuple[str, ...]
     key: str | None = None
+    #: For "skipped": the input that will produce nothing, and whether by a failure.
+    blocked_by: Blocker | None = None
+    #: For "unavailable": the exact command to run it on a host that can.
+    command: str | None = None
 
     def to_json(self) -> dict:
-        return {"target": self.target, "step": self.step, "decision": self.decision, "reasons": list(self.reasons), "key": self.key}
+        blocked = self.blocked_by and {"target": self.blocked_by.target, "failed": self.blocked_by.failed, "origin": self.blocked_by.origin}
+        return {"target": self.target, "step": self.step, "decision": str(self.decision), "reasons": list(self.reasons),
+                "key": self.key, "blocked_by": blocked, "command": self.command}
 
 
 @dataclass
@@ -51,40 +59,24 @@ def plan(
     recipes: Path | str | None = None,
     cache_dir: Path | str | None = None,
     overrides: list[str] | None = None,
+    require_validation: bool = False,
+    refresh: bool = False,
 ) -> Plan:
     ws = Workspace.locate(project, recipes=recipes, cache_dir=cache_dir)
     graph = ws.graph(overrides)
     names = graph.resolve_names(list(targets or []))
-    engine = Engine(graph, ws.store(), project=ws.root, out_dir=ws.out_dir)
     result = Plan(requested=names)
-    digests: dict[str, str | None] = {}
-    for name in graph.closure(names):
-        node = graph.nodes[name]
-        producers = graph.producers(name)
-        unknown = [p for p in producers if digests.get(p) is None]
-        if unknown:
-            result.rows.append(PlanRow(name, node.step.name, "pending", tuple(f"input {p} will be rebuilt (an identical rebuild keeps this a hit)" for p in unknown)))
-            digests[name] = None
-            continue
-        unmet = unmet_requirement(node.step.requirements(node.params, input_kinds(node, graph.nodes)))
-        if unmet:
-            result.rows.append(PlanRow(name, node.step.name, "unavailable", (f"needs {unmet}: {node.step.elsewhere(name, node.params)}",)))
-            digests[name] = None
-            continue
-        inputs = {
-            slot: [digests[p] for p in prods] if isinstance(prods, list) else digests[prods]
-            for slot, prods in node.inputs.items()
-        }
-        try:
-            prepared = engine.prepare(node, inputs)
-        except _InputMissing as exc:
-            result.rows.append(PlanRow(name, node.step.name, "error", (str(exc),)))
-            digests[name] = None
-            continue
-        if prepared.hit is not None:
-            digests[name] = prepared.hit.manifest.digest
-            result.rows.append(PlanRow(name, node.step.name, "hit", ("up to date",), prepared.key))
-        else:
-            digests[name] = None
-            result.rows.append(PlanRow(name, node.step.name, "miss", tuple(prepared.reasons), prepared.key))
+    with ws.store() as store:
+        engine = Engine(graph, store, project=ws.root, out_dir=ws.out_dir, require_validation=require_validation,
+                        refresh=refresh)
+        predicted: dict[str, TargetResult] = {}
+        for name in graph.closure(names):
+            node = graph.nodes[name]
+            decision = engine.decide(node, {p: predicted[p] for p in graph.producers(name)})
+            key = decision.prepared.key if decision.prepared else None
+            # What the build will have for this target when its consumers are decided.
+            predicted[name] = TargetResult(name, node.step.name, decision.status, decision.reasons[0] if decision.reasons else "",
+                                           digest=decision.digest, blocked_by=decision.blocked_by)
+            result.rows.append(PlanRow(name, node.step.name, decision.kind, decision.reasons, key,
+                                       decision.blocked_by, decision.command))
     return result

@@ -17,7 +17,7 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "list_files",
@@ -37,17 +37,30 @@ __all__ = [
 REQUIRED = {"hf": "config.json", "meta": "params.json", "gguf": "*.gguf"}
 
 
-def list_files(root: Path, *, hidden_dirs: bool = True, skip: tuple[str, ...] = ()) -> list[str]:
+def list_files(
+    root: Path,
+    *,
+    hidden_dirs: bool = True,
+    skip: tuple[str, ...] = (),
+    follow: Callable[[Path], Path] | None = None,
+) -> list[str]:
     """Relative POSIX paths of the files under ``root``, sorted.
 
     ``hidden_dirs=False`` skips ``.git/``, ``.cache/`` (``hf download
     --local-dir`` metadata) and other dot-directories; ``skip`` names files
-    to leave out (e.g. ``checkpoint.json``).
+    to leave out (e.g. ``checkpoint.json``). Each symbolic link met is passed
+    to ``follow`` (``modelbuild.links.follower(root)``: the in-tree rule of a
+    source, which raises naming a link that leads out); without it, links
+    are followed wherever they lead.
     """
     names = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         if not hidden_dirs:
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if follow is not None:
+            for name in dirnames + filenames:
+                if os.path.islink(os.path.join(dirpath, name)):
+                    follow(Path(dirpath) / name)
         for fname in filenames:
             rel = (Path(dirpath) / fname).relative_to(root).as_posix()
             if rel not in skip:

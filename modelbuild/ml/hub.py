@@ -19,16 +19,30 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from modelbuild.errors import StepError
 
-__all__ = ["Snapshot", "fetch_snapshot", "parse_hf_source", "offline"]
+__all__ = [
+    "Snapshot",
+    "Resolution",
+    "fetch_snapshot",
+    "parse_hf_source",
+    "offline",
+    "split_revision",
+    "pinned",
+    "resolve_revision",
+]
 
 _TRUE = {"1", "on", "yes", "true"}
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,176 @@ def parse_hf_source(source: str) -> str:
     if len(parts) != 2 or not all(parts) or any(c.isspace() for c in repo):
         raise ValueError(f"expected hf://<org>/<repo>, got {source!r}")
     return repo
+
+
+def split_revision(revision: str) -> tuple[str, str | None]:
+    """``(name as written, pinned commit or None)`` of a revision.
+
+    A 40-hex commit is pinned; ``"main@<commit>"`` is what resolution makes of
+    a branch (the name kept for the record, the commit for the download and
+    the key); anything else (a branch, a tag) floats.
+
+    >>> split_revision("main")
+    ('main', None)
+    >>> split_revision("main@" + "a" * 40)[1] == "a" * 40
+    True
+    >>> split_revision("b" * 40) == ("b" * 40, "b" * 40)
+    True
+    """
+    if _COMMIT.fullmatch(revision):
+        return revision, revision
+    name, sep, commit = revision.rpartition("@")
+    if sep and name and _COMMIT.fullmatch(commit):
+        return name, commit
+    return revision, None
+
+
+def pinned(revision: str) -> bool:
+    """Whether ``revision`` names exactly one commit (never resolved again)."""
+    return split_revision(revision)[1] is not None
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a floating revision resolved to.
+
+    ``commit`` is None when nothing could be found; ``note`` is what the user
+    must be told (an old or offline resolution); ``good_until_ns`` is when a
+    remembered resolution must be asked again (None: not time-bound, e.g. an
+    offline fallback that is re-checked next time anyway).
+    """
+
+    commit: str | None
+    note: str | None = None
+    good_until_ns: int | None = None
+
+
+def _age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def _remembered_path(remember: Path, repo_id: str, revision: str, endpoint: str) -> Path:
+    name = hashlib.sha256(f"{endpoint}\n{repo_id}\n{revision}".encode()).hexdigest()[:32]
+    return remember / f"hf-{name}.json"
+
+
+def _read_remembered(path: Path) -> tuple[str, int] | None:
+    try:
+        data = json.loads(path.read_text())
+        commit, at = data["commit"], int(data["resolved_ns"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (commit, at) if isinstance(commit, str) and _COMMIT.fullmatch(commit) else None
+
+
+def _hub_cache_ref(repo_id: str, revision: str) -> str | None:
+    """The commit the user's Hub cache last saw ``revision`` at (``refs/<revision>``), if any."""
+    from huggingface_hub import constants
+
+    cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+    ref = cache / ("models--" + repo_id.replace("/", "--")) / "refs" / revision
+    try:
+        commit = ref.read_text().strip()
+    except OSError:
+        return None
+    return commit if _COMMIT.fullmatch(commit) else None
+
+
+def resolve_revision(
+    repo_id: str,
+    revision: str,
+    *,
+    remember: Path,
+    ttl_s: float,
+    refresh: bool = False,
+) -> Resolution:
+    """The commit a floating ``revision`` (a branch or tag) of ``repo_id`` names now.
+
+    Asks the Hub (``HF_ENDPOINT``; the token as usual) unless a resolution
+    remembered in ``remember/`` is younger than ``ttl_s`` and ``refresh`` is
+    false. Offline (``HF_HUB_OFFLINE``) or when the Hub cannot be reached, the
+    last remembered resolution is used, else the user's Hub cache
+    ``refs/<revision>``, and the note says so. A revision the Hub says does
+    not exist resolves to nothing: the download then fails with the Hub's
+    answer. Never raises for a network problem.
+    """
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    path = _remembered_path(Path(remember), repo_id, revision, endpoint)
+    remembered = _read_remembered(path)
+    now = time.time_ns()
+    ttl_ns = int(ttl_s * 1e9)
+    if remembered is not None and not refresh and now - remembered[1] < ttl_ns:
+        commit, at = remembered
+        age = _age((now - at) / 1e9)
+        return Resolution(commit, f"revision {revision} is commit {commit[:12]} as resolved {age} ago "
+                                  "(--refresh to ask the Hub now)", at + ttl_ns)
+    if offline():
+        why = "offline (HF_HUB_OFFLINE)"
+    else:
+        try:
+            commit = _ask_hub(repo_id, revision, endpoint)
+        except _NoSuchRevision:
+            return Resolution(None)
+        except Exception as err:  # noqa: BLE001 - any failure to reach the Hub: fall back, say so
+            why = _Scrubber()(f"cannot reach the Hub ({_first_line(err)})")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"repo": repo_id, "revision": revision, "commit": commit, "resolved_ns": now}))
+            os.replace(tmp, path)
+            return Resolution(commit, None, now + ttl_ns)
+    if remembered is not None:
+        commit, at = remembered
+        return Resolution(commit, f"{why}: revision {revision} taken as commit {commit[:12]}, as resolved "
+                                  f"{_age((now - at) / 1e9)} ago; it may be stale", now)
+    commit = _hub_cache_ref(repo_id, revision)
+    if commit is not None:
+        return Resolution(commit, f"{why}: revision {revision} taken as commit {commit[:12]} from the Hub "
+                                  f"cache's refs/{revision}; it may be stale", now)
+    return Resolution(None, f"{why}: revision {revision} could not be resolved; the key names the branch "
+                            "and may be stale", now)
+
+
+class _NoSuchRevision(Exception):
+    pass
+
+
+def _ask_hub(repo_id: str, revision: str, endpoint: str) -> str:
+    """One API call: the commit sha ``revision`` names on the Hub."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision, timeout=10)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise _NoSuchRevision() from None
+    sha = getattr(info, "sha", None)
+    if not isinstance(sha, str) or not _COMMIT.fullmatch(sha):
+        raise ValueError(f"the Hub gave no commit for {repo_id}@{revision}")
+    return sha
+
+
+def _set_ref(repo_dir: Path, ref: str, commit: str) -> None:
+    """Write ``refs/<ref>`` of a Hub cache repo (atomically; a failure only loses a hint)."""
+    path = repo_dir / "refs" / ref
+    try:
+        if path.read_text() == commit:
+            return
+    except OSError:
+        pass
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(commit)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def offline() -> bool:
@@ -138,13 +322,17 @@ def fetch_snapshot(
     cache_dir: Path | None = None,
     jobs: int = 2,
     progress: Callable[[int, int | None, str], None] | None = None,
+    ref: str | None = None,
 ) -> Snapshot:
     """Download (or find in the cache) the files of ``repo_id`` at ``revision``.
 
     ``patterns`` are glob patterns (``"*.safetensors"``); None means every
     file. Raises :class:`StepError` with the action to take for a gated or
     private repo, a missing repo or revision, no matching files, or offline
-    mode without a cached copy.
+    mode without a cached copy. ``ref``: the branch or tag that ``revision``
+    (a commit) was resolved from; the Hub cache's ``refs/<ref>`` is set to it,
+    as huggingface_hub does when it downloads by branch, so an offline build
+    (or ``transformers``) finds the same commit later.
     """
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
@@ -218,6 +406,8 @@ def fetch_snapshot(
         ) from None
 
     commit = folder.name  # snapshots/<commit> in the cache layout
+    if ref and ref != commit and _COMMIT.fullmatch(commit) and ".." not in ref.split("/"):
+        _set_ref(folder.parent.parent, ref, commit)
     present = sorted(
         p.relative_to(folder).as_posix()
         for p in folder.rglob("*")

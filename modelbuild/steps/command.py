@@ -6,11 +6,16 @@ must produce (``outs``, relative to its output directory) are declared; the
 command runs in a scratch directory with these environment variables:
 
 - ``MODELBUILD_OUT``: the output directory (write your outputs here)
-- ``MODELBUILD_INPUT_<SLOT>``: the directory of each input artifact
+- ``MODELBUILD_INPUT_<SLOT>``: the directory of each input artifact (the slot
+  name upper-cased, ``-`` as ``_``; a slot that takes a list gets the
+  directories joined by ``:``)
+- ``MODELBUILD_INPUT``: the input of the one-slot shorthand ``inputs = "a"``
 - ``MODELBUILD_PROJECT``: the project root (where ``deps`` live)
 
-and ``{out}``, ``{project}``, ``{inputs[SLOT]}`` in the command are replaced
-by the same paths.
+and ``{out}``, ``{project}``, ``{inputs[SLOT]}`` and ``{input}`` (the
+shorthand's input) in the command are replaced by the same paths. A slot name
+must make a valid variable name (letters, digits, ``_`` and ``-``, not starting
+with a digit): anything else is a recipe error.
 
 Example recipe::
 
@@ -24,6 +29,7 @@ Example recipe::
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from pathlib import PurePosixPath
@@ -33,6 +39,22 @@ from pydantic import Field
 from ..step import Input, Params, RecipeError, Step, StepContext, StepError
 
 __all__ = ["CommandStep"]
+
+#: The slot of ``inputs = "a"`` (the graph keeps the shorthand as ``*`` for a
+#: step whose only slot is the wildcard); exposed as ``MODELBUILD_INPUT``.
+SHORTHAND = "*"
+_SLOT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def input_variable(slot: str) -> str:
+    """The environment variable of an input slot.
+
+    >>> input_variable("my-src"), input_variable("*")
+    ('MODELBUILD_INPUT_MY_SRC', 'MODELBUILD_INPUT')
+    """
+    if slot == SHORTHAND:
+        return "MODELBUILD_INPUT"
+    return f"MODELBUILD_INPUT_{slot.upper().replace('-', '_')}"
 
 
 class CommandParams(Params):
@@ -64,6 +86,13 @@ class CommandStep(Step):
                 raise RecipeError(f"'{dep}' must stay inside the project", key=f"deps[{i}]")
         if not params.command:
             raise RecipeError("the command is empty", key="command")
+        for slot in input_kinds:
+            if slot != SHORTHAND and not _SLOT.fullmatch(slot):
+                raise RecipeError(
+                    f"input slot '{slot}' cannot be an environment variable ({input_variable(slot)}): "
+                    "use letters, digits, '_' and '-', not starting with a digit",
+                    key=f"inputs.{slot}",
+                )
 
     def run(self, ctx: StepContext) -> None:
         params: CommandParams = ctx.params
@@ -73,7 +102,9 @@ class CommandStep(Step):
         for slot, art in ctx.inputs.items():
             arts = art if isinstance(art, list) else [art]
             inputs[slot] = os.pathsep.join(str(a.path) for a in arts)
-            env[f"MODELBUILD_INPUT_{slot.upper().replace('-', '_')}"] = inputs[slot]
+            env[input_variable(slot)] = inputs[slot]
+        if SHORTHAND in inputs:
+            paths["input"] = inputs[SHORTHAND]
         env.update(params.env)
         env.update({"MODELBUILD_OUT": str(ctx.out), "MODELBUILD_PROJECT": str(ctx.project)})
 

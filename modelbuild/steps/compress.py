@@ -46,7 +46,6 @@ class CompressStep(Step):
     output = "mlpackage"
     # scikit-learn runs the k-means of palettization: its version can move centroids.
     toolchain = ("coremltools", "scikit-learn", "numpy")
-    code_modules = ("modelbuild.ml.coreml.compress", "modelbuild.ml.coreml.save", "modelbuild.ml.coreml.describe")
 
     class Params(Params):
         method: Literal["palettize", "quantize", "prune", "prune+palettize", "prune+quantize"]

@@ -54,13 +54,6 @@ class CoreMLStep(Step):
     inputs = {"program": Input(kinds=("exported-program",), doc="the torch.export program to convert")}
     output = "mlpackage"
     toolchain = ("coremltools", "torch")
-    code_modules = (
-        "modelbuild.ml.coreml.convert",
-        "modelbuild.ml.coreml.ops",
-        "modelbuild.ml.coreml.save",
-        "modelbuild.ml.coreml.describe",
-        "modelbuild.ml.program",
-    )
 
     class Params(Params):
         #: Oldest OS the model must run on; states (KV cache) need iOS18/macOS15.

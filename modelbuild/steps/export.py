@@ -48,11 +48,13 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelbuild.errors import RecipeError, StepError
-from modelbuild.step import Input, Params, Step, StepContext
+from modelbuild.step import Input, Params, ResolveContext, Step, StepContext
 
 __all__ = ["ExportStep", "TensorSpec", "DimSpec"]
 
-_LLM_ONLY = ("max_context_len", "use_kv_cache", "use_sdpa_with_kv_cache", "enable_dynamic_shape", "metadata", "strict")
+_LLM_ONLY = (
+    "max_seq_len", "max_context_len", "use_kv_cache", "use_sdpa_with_kv_cache", "enable_dynamic_shape", "metadata", "strict",
+)
 _MODULE_ONLY = ("example_inputs", "dynamic_dims", "module_sources", "seed")
 
 
@@ -93,15 +95,6 @@ class ExportStep(Step):
     }
     output = "exported-program"
     toolchain = ("torch", "executorch", "safetensors", "gguf", "tokenizers", "numpy")
-    code_modules = (
-        "modelbuild.ml.program",
-        "modelbuild.ml.llm.families",
-        "modelbuild.ml.llm.checkpoint",
-        "modelbuild.ml.llm.gguf_io",
-        "modelbuild.ml.llm.model",
-        "modelbuild.ml.llm.export",
-        "modelbuild.ml.llm.tokenizer",
-    )
 
     class Params(Params):
         dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="weights and activations dtype")
@@ -137,7 +130,7 @@ class ExportStep(Step):
         module_sources: list[str] | None = Field(
             None,
             description="module: project files whose content enters the key (default: the module's own "
-            "file if it is a project file; [] for none)",
+            "file if the project holds it; [] for none)",
         )
         seed: int = Field(0, description="module: seed of the generated example inputs")
 
@@ -185,11 +178,22 @@ class ExportStep(Step):
             raise RecipeError("enable_dynamic_shape needs max_seq_len >= 3", key="max_seq_len")
 
     def sources(self, params: Params) -> list[str]:
-        if params.module is None:
+        """``module_sources``; the engine fills its default in :meth:`resolve` (before keying)."""
+        if params.module is None or params.module_sources is None:
             return []
-        if params.module_sources is not None:
-            return list(params.module_sources)
-        return _default_sources(params.module.split(":", 1)[0])
+        return list(params.module_sources)
+
+    def resolve(self, params: Params, ctx: ResolveContext) -> Params:
+        """Default ``module_sources`` to the module's own file when the project holds it.
+
+        Looked up under the project root, where ``run`` imports it from first,
+        never in the working directory: the key depends on the project, not on
+        where the command was started.
+        """
+        if params.module is None or params.module_sources is not None:
+            return params
+        found = _default_sources(params.module.split(":", 1)[0], ctx.project)
+        return params.model_copy(update={"module_sources": found})
 
     # -- running ---------------------------------------------------------------
 
@@ -308,29 +312,21 @@ def _metadata_problem(key: str, value: Any) -> str | None:
     return "must be a bool, int, float, string, or a non-empty list of one of bool, int or float"
 
 
-def _default_sources(module: str) -> list[str]:
-    """The module's own file, when it is a project file (so editing it rebuilds).
+def _default_sources(module: str, project: Path) -> list[str]:
+    """The module's own file, as a project-relative path, when the project holds it.
 
-    A module that is not importable from here lives in the project (the step
-    imports it from the project root): its path relative to the root. An
-    installed module (site-packages) is versioned by its installation: none.
-    A module importable from a source checkout counts when its file is under
-    the working directory (the project root when the CLI runs).
+    ``run`` imports the module with the project root first on ``sys.path``, so
+    a project file is what runs (editing it rebuilds). A module the project
+    does not hold is an installed one, versioned by its installation: none.
+    Only the project is looked at, never the working directory or
+    ``sys.path``, so the key is the same wherever the command starts.
+
+    >>> _default_sources("no.such.module", Path("/nonexistent"))
+    []
     """
-    import importlib.util
-
     base = module.replace(".", "/")
-    candidates = [base + ".py", base + "/__init__.py"]
-    try:
-        spec = importlib.util.find_spec(module.split(".")[0])
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or spec.origin is None:
-        return [candidates[0]]
-    origin = Path(spec.origin).resolve()
-    if "site-packages" in origin.parts or "dist-packages" in origin.parts:
-        return []
-    return [c for c in candidates if (Path.cwd() / c).is_file()][:1]
+    # A package directory wins over a same-named module file, as in Python's import system.
+    return [c for c in (base + "/__init__.py", base + ".py") if (Path(project) / c).is_file()][:1]
 
 
 def _import_factory(spec: str, project: Path):

@@ -3,16 +3,20 @@
 Sources (the ``source`` parameter):
 
 - ``hf://org/repo``: a Hugging Face Hub repo at ``revision`` (default
-  ``"main"``), limited to the glob patterns in ``files``. Pin ``revision`` to
-  a commit sha for reproducible builds; the resolved commit is recorded in
-  ``checkpoint.json`` either way. The token comes from ``HF_TOKEN`` or
-  ``hf auth login`` and is never logged or stored. ``family`` (e.g.
+  ``"main"``), limited to the glob patterns in ``files``. A branch or tag is
+  resolved to its commit when the key is computed (:meth:`FetchStep.resolve`:
+  a moved branch rebuilds); pin ``revision`` to a commit sha for reproducible
+  builds. The commit is recorded in ``checkpoint.json`` either way. The token
+  comes from ``HF_TOKEN`` or ``hf auth login`` and is never logged or stored.
+  ``family`` (e.g.
   ``"smollm2"``) tells the export step which model definition to use.
 - ``https://...`` (``http://`` too): one file, verified against the required
   ``sha256`` before it is stored; resumable.
 - a path relative to the project root (a file or a directory, ``files``
   filtering a directory): its content enters the action key, so editing the
-  files rebuilds.
+  files rebuilds. A snapshot of a Hugging Face cache
+  (``.../models--ORG--NAME/snapshots/SHA``, symlinks into ``blobs/``) works
+  too: its in-repo links are followed and ``resolved_commit`` is ``SHA``.
 
 For hf and local directories, ``subdir`` takes the checkpoint from one
 directory (``"original"`` holds the Meta files of the Llama Hub repos); its
@@ -43,7 +47,7 @@ from typing import Any, Literal, Mapping
 from pydantic import Field
 
 from modelbuild.errors import RecipeError, StepError
-from modelbuild.step import Params, Step, StepContext
+from modelbuild.step import Params, ResolveContext, Step, StepContext
 
 __all__ = ["FetchStep", "source_kind"]
 
@@ -92,15 +96,6 @@ class FetchStep(Step):
     # pattern selects; torch draws the synthetic weights. Either may change
     # the output with its version.
     toolchain = ("huggingface_hub", "torch")
-    # The synthetic writer's source too: a changed generator must not leave a
-    # stale synthetic checkpoint cached.
-    code_modules = (
-        "modelbuild.ml.filetree",
-        "modelbuild.ml.download",
-        "modelbuild.ml.hub",
-        "modelbuild.ml.llm.synthetic",
-        "modelbuild.ml.llm.tokenizer",
-    )
 
     class Params(Params):
         source: str = Field(
@@ -142,6 +137,33 @@ class FetchStep(Step):
         if params.subdir is not None:
             return [(PurePosixPath(params.source) / params.subdir.strip("/")).as_posix()]
         return [params.source]
+
+    def resolve(self, params: Params, ctx: ResolveContext) -> Params:
+        """Pin a floating hf revision (a branch or tag) to the commit it names now: ``main@<commit>``.
+
+        So the key changes when the branch moves, and the run downloads exactly
+        the commit that was keyed. A 40-hex revision is pinned already and never
+        resolved. The resolution is remembered for ``ctx.ttl_s`` (``--refresh``
+        asks again); offline, the last one is used and a note says so.
+        """
+        if source_kind(params.source) != "hf":
+            return params
+        from modelbuild.ml.hub import parse_hf_source, pinned, resolve_revision  # light until the Hub is asked
+
+        if pinned(params.revision):
+            return params
+        try:
+            repo = parse_hf_source(params.source)
+        except ValueError:
+            return params  # check() reports it
+        found = resolve_revision(repo, params.revision, remember=ctx.cache, ttl_s=ctx.ttl_s, refresh=ctx.refresh)
+        if found.note:
+            ctx.note(f"hf://{repo}: {found.note}")
+        if found.good_until_ns is not None:
+            ctx.expires(found.good_until_ns)
+        if found.commit is None:
+            return params
+        return params.model_copy(update={"revision": f"{params.revision}@{found.commit}"})
 
     def check(self, params: Params, input_kinds: Mapping[str, str | list[str]]) -> None:
         kind = source_kind(params.source)
@@ -260,7 +282,7 @@ class FetchStep(Step):
         elif kind == "http":
             record.update(self._fetch_http(ctx))
         elif kind == "local":
-            self._fetch_local(ctx)
+            record.update(self._fetch_local(ctx))
         else:
             record.update(self._make_synthetic(ctx))
         if params.subdir is not None:
@@ -281,10 +303,12 @@ class FetchStep(Step):
 
     def _fetch_hub(self, ctx: StepContext) -> dict[str, Any]:
         from modelbuild.ml.filetree import place
-        from modelbuild.ml.hub import fetch_snapshot, parse_hf_source
+        from modelbuild.ml.hub import fetch_snapshot, parse_hf_source, split_revision
 
         params = ctx.params
         repo = parse_hf_source(params.source)
+        # "main@<commit>": the branch as written, pinned by resolve() to the commit that was keyed.
+        label, commit = split_revision(params.revision)
         patterns = list(params.files)
         if params.subdir is not None:
             # Patterns are relative to subdir; the Hub matches repo paths.
@@ -293,7 +317,8 @@ class FetchStep(Step):
         ctx.log(f"fetching hf://{repo}@{params.revision} files={patterns or ['*']}")
         snap = fetch_snapshot(
             repo,
-            revision=params.revision,
+            revision=commit or label,
+            ref=label if commit is not None else None,
             patterns=patterns or None,
             jobs=HUB_DOWNLOADS,  # network-bound: not limited by the step's share of the cores
             progress=lambda done, total, msg: ctx.progress(done, total, msg),
@@ -304,8 +329,10 @@ class FetchStep(Step):
             # Hub cache blobs are safe to link: huggingface_hub replaces them
             # by rename, never rewrites them in place.
             place(path, ctx.out / name)
-        ctx.log(f"hf://{repo}: revision {params.revision} is commit {snap.commit}; {len(snap.files)} files")
-        return {"revision": params.revision, "resolved_commit": snap.commit}
+        if commit is not None and snap.commit != commit:
+            raise StepError(f"hf://{repo}: asked for commit {commit}, the Hub cache gave {snap.commit}")
+        ctx.log(f"hf://{repo}: revision {label} is commit {snap.commit}; {len(snap.files)} files")
+        return {"revision": label, "resolved_commit": snap.commit}
 
     def _fetch_http(self, ctx: StepContext) -> dict[str, Any]:
         import urllib.parse
@@ -327,30 +354,53 @@ class FetchStep(Step):
         # A URL may carry user:password@; the record keeps it out.
         return {"source": redact_url(params.source), "sha256": params.sha256.lower()}
 
-    def _fetch_local(self, ctx: StepContext) -> None:
+    def _fetch_local(self, ctx: StepContext) -> dict[str, Any]:
+        """Copy a project file or directory; a Hub cache snapshot records its commit.
+
+        A directory may hold symbolic links that stay inside it, or, for a
+        snapshot of a Hugging Face cache (``models--ORG--NAME/snapshots/SHA``,
+        links into ``blobs/``), inside its repo directory: their content is
+        stored. A link leading elsewhere is an error naming it (the rule of
+        ``modelbuild.links``, which the action key's hashing applies too).
+        """
+        from modelbuild.errors import StoreError
+        from modelbuild.links import HUB_REPO_DIR, follower, hub_snapshot
         from modelbuild.ml.filetree import list_files, matches, place
 
         params = ctx.params
         source = self.sources(params)[0]  # the source, narrowed to subdir
-        path = Path(ctx.sources.get(source) or (ctx.project / source))
+        written = ctx.project / source  # as the recipe names it (the engine passes it resolved)
+        path = Path(ctx.sources.get(source) or written)
         if not path.exists():
             raise StepError(f"local source '{source}' does not exist (looked in {path})")
         if params.revision != "main":
             ctx.log(f"revision = {params.revision!r} ignored: {source} is a local path")
+        record: dict[str, Any] = {}
+        snapshot = hub_snapshot(path.resolve() if path.is_dir() else written.parent.resolve())
+        if snapshot is not None:
+            record["resolved_commit"] = snapshot[1]
+            ctx.log(f"{source} is a Hugging Face cache snapshot of commit {snapshot[1]}")
         # Copied, never hardlinked: the store must not share an inode with a
         # file the user may edit in place.
         if path.is_file():
             if params.files or params.subdir:
                 raise StepError(f"files and subdir select files of a directory, but '{source}' is a file")
-            place(path, ctx.out / path.name, link=False)
-            return
-        names = list_files(path, hidden_dirs=False)
+            # Named as the recipe names it: a link (a snapshot's file -> blobs/<etag>) keeps its name.
+            place(path, ctx.out / written.name, link=False)
+            return record
+        if HUB_REPO_DIR.fullmatch(path.resolve().name) and (path / "snapshots").is_dir():
+            raise StepError(_repo_dir_hint(source, path, params.revision))
+        try:
+            names = list_files(path, hidden_dirs=False, follow=follower(path))
+        except StoreError as err:
+            raise StepError(str(err)) from None
         if params.files:
             names = [n for n in names if matches(n, list(params.files))]
             if not names:
                 raise StepError(f"no file under '{source}' matches files = [{', '.join(params.files)}]")
         for rel in names:
             place(path / rel, ctx.out / rel, link=False)
+        return record
 
     def _make_synthetic(self, ctx: StepContext) -> dict[str, Any]:
         params = ctx.params
@@ -369,6 +419,17 @@ class FetchStep(Step):
         )
         record.pop("files", None)  # recomputed over what is really in out/
         return record
+
+
+def _repo_dir_hint(source: str, path: Path, revision: str) -> str:
+    """The error for a Hub cache repo directory given as a source: name the snapshot to take."""
+    ref = path / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else None
+    if commit and (path / "snapshots" / commit).is_dir():
+        where = f"{source.rstrip('/')}/snapshots/{commit} (refs/{revision})"
+    else:
+        where = f"{source.rstrip('/')}/snapshots/<commit>"
+    return f"'{source}' is a Hugging Face cache repo (blobs, refs, snapshots): use a snapshot as the source, e.g. {where}"
 
 
 def _settle_format(params: Params, claimed: str | None, names: list[str]) -> str:

@@ -68,7 +68,6 @@ class LowerStep(Step):
     inputs = {"program": Input(kinds=("exported-program",), doc="the exported (optionally quantized) program")}
     output = "pte"
     toolchain = ("torch", "executorch", "torchao", "coremltools")
-    code_modules = ("modelbuild.ml.lower", "modelbuild.ml.program")
 
     class Params(Params):
         backend: Literal["xnnpack", "coreml", "mps", "portable"] = Field(

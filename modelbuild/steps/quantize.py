@@ -41,7 +41,6 @@ class QuantizeStep(Step):
     inputs = {"program": Input(kinds=("exported-program",), doc="the exported program to quantize")}
     output = "exported-program"
     toolchain = ("torch", "executorch", "torchao")
-    code_modules = ("modelbuild.ml.quantize", "modelbuild.ml.program")
 
     class Params(Params):
         linear: Literal["none", "8da4w", "8da8w", "4w", "8w"] = Field(

@@ -60,11 +60,6 @@ class ReferenceStep(Step):
     }
     output = "reference"
     toolchain = ("torch", "transformers", "numpy", "executorch")
-    code_modules = (
-        "modelbuild.ml.validation.reference",
-        "modelbuild.ml.validation.eager",
-        "modelbuild.ml.validation.metrics",
-    )
     Params = ReferenceParams
 
     def check(self, params: ReferenceParams, input_kinds) -> None:

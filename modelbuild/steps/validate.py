@@ -2,8 +2,8 @@
 
 Inputs: ``artifact`` (an exported program, a ``.pte`` or an ``.mlpackage``) and
 ``reference`` (the output of the ``reference`` step). Output kind
-``measurements``: measurements.json, report.json, report.md, errors.png,
-positions.json.
+``measurements``: measurements.json, report.json, report.md, report.html,
+errors.png, positions.json.
 
 Measuring and judging are separate. ``run`` measures (slow: it runs the
 model); ``judge`` compares the cached figures with the expectations (the
@@ -76,13 +76,6 @@ class ValidateStep(Step):
     }
     output = "measurements"
     toolchain = ("torch", "executorch", "numpy", "coremltools")
-    code_modules = (
-        "modelbuild.ml.validation.measure",
-        "modelbuild.ml.validation.runners",
-        "modelbuild.ml.validation.metrics",
-        "modelbuild.ml.validation.plots",
-        "modelbuild.ml.validation.report",
-    )
     judge_params = PARAM_NAMES
     Params = ValidateParams
 

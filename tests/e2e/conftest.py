@@ -27,7 +27,6 @@ class TinyLlama:
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
-    pytest.importorskip("executorch")
     env = TinyLlama(tmp_path_factory.mktemp("tiny-llama"))
     first = env.build()  # the recipes' default target: tiny-llama
     assert first.ok, {n: (r.status, r.reason, str(r.log)) for n, r in first.targets.items()}

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ml]
 
 
 def test_default_target_builds_a_package(tiny_llama):

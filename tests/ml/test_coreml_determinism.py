@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("coremltools")
-
 import coremltools as ct  # noqa: E402
 
 from modelbuild.ml.coreml.save import DATE_KEY, canonicalize_mlpackage, deterministic_save, spec_path  # noqa: E402
@@ -161,7 +159,6 @@ LOWER = textwrap.dedent(
 
 
 def test_coreml_delegated_pte_is_byte_identical(tmp_path, tmp_path_factory):
-    pytest.importorskip("executorch.backends.apple.coreml.partition")
     program = tinyconv_program(tmp_path / "prog", size=32)
     ptes = []
     for seed in ("5", "6"):
@@ -175,7 +172,6 @@ def test_coreml_delegated_pte_is_byte_identical(tmp_path, tmp_path_factory):
 
 
 def test_delegate_context_restores_patches():
-    pytest.importorskip("executorch.backends.apple.coreml.partition")
     import uuid
 
     from executorch.backends.apple.coreml.compiler import coreml_preprocess as cp
@@ -198,7 +194,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_engine_builds_in_two_caches_give_identical_digests(tmp_path):
     """The vision recipe's Core ML targets, built from scratch in two separate caches."""
-    api = pytest.importorskip("modelbuild.api")
+    from modelbuild import api
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     (recipes / "vision.toml").write_text((REPO / "recipes" / "vision.toml").read_text())

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("torchao")
-
+import torch
 from torchao.quantization.quant_primitives import (  # noqa: E402
     _choose_qparams_and_quantize_scale_only_hqq as torchao_hqq,
 )

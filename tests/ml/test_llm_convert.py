@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 
 from modelbuild.ml.llm import checkpoint as ckpt_mod  # noqa: E402
 from modelbuild.ml.llm.checkpoint import CheckpointError, load_checkpoint  # noqa: E402

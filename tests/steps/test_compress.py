@@ -6,8 +6,6 @@ import json
 
 import pytest
 
-pytest.importorskip("coremltools")
-
 import coremltools as ct  # noqa: E402
 
 from modelbuild.errors import RecipeError, StepError  # noqa: E402

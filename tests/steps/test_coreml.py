@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-pytest.importorskip("coremltools")
-
 import coremltools as ct  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
@@ -218,7 +216,6 @@ def test_step_modules_do_not_import_heavy_packages():
 
 def test_core_ml_recipes_plan_without_heavy_imports():
     """recipes/vision.toml and llama-1b-coreml.toml resolve (kinds check) without torch."""
-    pytest.importorskip("modelbuild.api")
     repo = __import__("pathlib").Path(__file__).resolve().parents[2]
     code = (
         "import sys, tempfile\n"

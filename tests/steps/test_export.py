@@ -220,7 +220,10 @@ def test_module_export_with_dynamic_batch(project, tmp_path):
     step = ExportStep()
     parsed = ExportStep.Params.model_validate(params)
     step.check(parsed, {})
-    assert step.sources(parsed) == ["mymodels/mlp.py"]
+    from modelbuild.step import ResolveContext
+
+    resolved = step.resolve(parsed, ResolveContext(project=project, cache=tmp_path / "resolved"))
+    assert step.sources(resolved) == ["mymodels/mlp.py"]
     run_step(ExportStep, params, {}, tmp_path / "out", project=project)
     ep, info, example = load_program(tmp_path / "out")
     assert info.kind == "module" and info.input_names == ["x", "scale"] and info.output_names == ["output"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from modelbuild.errors import RecipeError, StepError
 from modelbuild.steps.lower import LowerStep
@@ -35,8 +36,11 @@ def test_b4w_needs_ios18():
 
 
 def test_unknown_backend_is_a_validation_error():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError) as err:
         LowerStep.Params(backend="vulkan-ish")
+    [error] = err.value.errors()
+    assert error["loc"] == ("backend",) and error["type"] == "literal_error"
+    assert error["msg"] == "Input should be 'xnnpack', 'coreml', 'mps' or 'portable'"
 
 
 def test_lowering_does_not_import_torch_at_module_level():
@@ -56,6 +60,7 @@ def fp32_pte():
     return A.lowered(A.tiny_export(), "xnnpack")
 
 
+@pytest.mark.ml
 def test_xnnpack_artifact_layout(fp32_pte):
     assert sorted(p.name for p in fp32_pte.iterdir()) == ["model.pte", "partition.json", "program.json", "tokenizer.json"]
     assert (fp32_pte / "tokenizer.json").read_bytes() == (A.tiny_export() / "tokenizer.json").read_bytes()
@@ -70,6 +75,7 @@ def test_xnnpack_artifact_layout(fp32_pte):
     assert program["pte_bytes"] == (fp32_pte / "model.pte").stat().st_size
 
 
+@pytest.mark.ml
 def test_xnnpack_partition_counts_from_the_lowered_program(fp32_pte):
     partition = json.loads((fp32_pte / "partition.json").read_text())
     xnn = partition["delegated"]["XnnpackBackend"]
@@ -82,6 +88,7 @@ def test_xnnpack_partition_counts_from_the_lowered_program(fp32_pte):
     assert partition["delegates"]["XnnpackBackend"] >= 1
 
 
+@pytest.mark.ml
 def test_pte_metadata_methods_are_in_the_program(fp32_pte):
     from executorch.runtime import Runtime
 
@@ -93,6 +100,7 @@ def test_pte_metadata_methods_are_in_the_program(fp32_pte):
     assert program.load_method("get_max_seq_len").execute([])[0] == A.MAX_SEQ_LEN
 
 
+@pytest.mark.ml
 def test_xnnpack_lowering_is_deterministic(fp32_pte):
     again = A.lowered(A.tiny_export(), "xnnpack", tag="again")
     assert (again / "model.pte").read_bytes() == (fp32_pte / "model.pte").read_bytes()
@@ -103,6 +111,7 @@ def test_xnnpack_lowering_is_deterministic(fp32_pte):
 # -- portable / mps -------------------------------------------------------------
 
 
+@pytest.mark.ml
 def test_portable_delegates_nothing():
     pte = A.lowered(A.tiny_export(), "portable")
     partition = json.loads((pte / "partition.json").read_text())
@@ -110,6 +119,7 @@ def test_portable_delegates_nothing():
     assert partition["portable"]["aten.linear.default"] == 15
 
 
+@pytest.mark.ml
 def test_mps_says_it_is_deprecated(tmp_path):
     try:
         import executorch.backends.apple.mps  # noqa: F401
@@ -130,6 +140,7 @@ def coreml_program():
     return A.tiny_export(use_sdpa_with_kv_cache=False, enable_dynamic_shape=False, use_kv_cache=False)
 
 
+@pytest.mark.ml
 def test_coreml_lowering_is_content_deterministic(coreml_program):
     first = A.lowered(coreml_program, "coreml", tag="a")
     second = A.lowered(coreml_program, "coreml", tag="b")
@@ -138,6 +149,7 @@ def test_coreml_lowering_is_content_deterministic(coreml_program):
     assert (first / "model.pte").read_bytes() == (second / "model.pte").read_bytes()
 
 
+@pytest.mark.ml
 def test_coreml_refuses_a_dynamic_shape_llm(tmp_path):
     # The shared tiny export has a dynamic token dimension (XNNPACK's).
     with pytest.raises(StepError, match="static shapes"):
@@ -152,6 +164,7 @@ def test_xnnpack_options_need_the_xnnpack_backend():
     _check(backend="xnnpack", xnnpack_ops="quantized_linears", xnnpack_bf16=True)
 
 
+@pytest.mark.ml
 def test_quantized_linears_only_delegates_just_the_8da4w_linears():
     everything = json.loads((A.lowered(A.quantized(), "xnnpack") / "partition.json").read_text())
     linears = json.loads((A.lowered(A.quantized(), "xnnpack", xnnpack_ops="quantized_linears") / "partition.json").read_text())
@@ -167,6 +180,7 @@ def test_quantized_linears_only_delegates_just_the_8da4w_linears():
     assert "aten.mul.Tensor" in linears["portable"] and "aten.mul.Tensor" not in everything["portable"]
 
 
+@pytest.mark.ml
 def test_bf16_quantized_linears_need_xnnpack_bf16(tmp_path):
     """As export_llm on ExecuTorch 1.5: bf16 8da4w linears stay portable unless bf16 delegation is on."""
     from modelbuild.steps.export import ExportStep

@@ -154,9 +154,10 @@ def test_run_without_xcrun_is_platform_unavailable(mlpackage, tmp_path, monkeypa
     assert "xcrun coremlcompiler compile model.mlpackage out/t/" in str(err.value)
 
 
-@pytest.mark.skipif(sys.platform != "darwin" or shutil.which("xcrun") is None, reason="needs macOS with Xcode")
+@pytest.mark.ml
+@pytest.mark.skipif(sys.platform != "darwin" or shutil.which("xcrun") is None,
+                    reason="platform: xcrun coremlcompiler exists only on macOS with Xcode")
 def test_real_compiler(tmp_path):
-    pytest.importorskip("coremltools")
     from modelbuild.ml.models.programs import tinyconv_program
     from modelbuild.steps.coreml import CoreMLStep
 
@@ -187,8 +188,7 @@ inputs = { model = "conv-mlpackage" }
 @pytest.mark.ml
 def test_engine_status_caching_and_errors(tmp_path, monkeypatch):
     """Through the engine: needs macOS on Linux, then built, cached, rebuilt for a new compiler, failed."""
-    api = pytest.importorskip("modelbuild.api")
-    pytest.importorskip("coremltools")
+    from modelbuild import api
     repo = Path(__file__).resolve().parents[2]
     recipes = tmp_path / "recipes"
     recipes.mkdir()

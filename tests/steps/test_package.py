@@ -92,6 +92,7 @@ def test_bad_pte_name_is_a_recipe_error(name):
     assert err.value.key == "pte_name"
 
 
+@pytest.mark.ml
 def test_package_of_the_tiny_model(tmp_path):
     pte = A.lowered(A.tiny_export(), "xnnpack")
     art = run_step(PackageStep, {"model_name": "tiny-llama"}, {"pte": as_artifact(pte, "pte")}, tmp_path / "pkg")

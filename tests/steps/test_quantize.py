@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from modelbuild.errors import RecipeError, StepError
 from modelbuild.steps.quantize import QuantizeStep
@@ -47,8 +48,11 @@ def test_check_accepts_per_channel_and_embeddings():
 
 
 def test_unknown_scheme_is_a_validation_error():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError) as err:
         QuantizeStep.Params(linear="3w")
+    [error] = err.value.errors()
+    assert error["loc"] == ("linear",) and error["type"] == "literal_error"
+    assert error["msg"] == "Input should be 'none', '8da4w', '8da8w', '4w' or '8w'"
 
 
 # -- a tiny generic module ------------------------------------------------------
@@ -96,6 +100,7 @@ def _ops(program: Path) -> set[str]:
     return {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
 
 
+@pytest.mark.ml
 @pytest.mark.parametrize("scheme", ["8da4w", "8da8w", "4w", "8w"])
 def test_linear_schemes_on_a_module(mlp_program, tmp_path, scheme):
     out = run_step(QuantizeStep, {"linear": scheme, "group_size": 32}, {"program": mlp_program}, tmp_path)
@@ -112,11 +117,13 @@ def test_linear_schemes_on_a_module(mlp_program, tmp_path, scheme):
     assert 0 < err < (0.2 if "4w" in scheme else 0.05), err
 
 
+@pytest.mark.ml
 def test_embedding_scheme_on_program_without_embedding_is_a_step_error(mlp_program, tmp_path):
     with pytest.raises(StepError, match="no embedding"):
         run_step(QuantizeStep, {"embedding_bits": 8}, {"program": mlp_program}, tmp_path)
 
 
+@pytest.mark.ml
 @pytest.mark.parametrize(
     "scheme",
     # coremltools' quantizer takes ~45 s to import and run here.
@@ -132,6 +139,7 @@ def test_pt2e_quantizers(mlp_program, tmp_path, scheme):
     assert 0 < err < (0.2 if scheme.endswith("qc4") else 0.05), err
 
 
+@pytest.mark.ml
 def test_pt2e_on_an_already_quantized_program_is_a_step_error(mlp_program, tmp_path):
     first = run_step(QuantizeStep, {"linear": "8w", "group_size": 0}, {"program": mlp_program}, tmp_path / "a")
     with pytest.raises(StepError, match="already"):
@@ -141,6 +149,7 @@ def test_pt2e_on_an_already_quantized_program_is_a_step_error(mlp_program, tmp_p
 # -- the tiny LLM ---------------------------------------------------------------
 
 
+@pytest.mark.ml
 def test_8da4w_on_the_tiny_llm():
     out = A.quantized("8da4w", 32)
     info = json.loads((out / "model.json").read_text())
@@ -153,6 +162,7 @@ def test_8da4w_on_the_tiny_llm():
     assert "llama.custom_sdpa.default" in ops
 
 
+@pytest.mark.ml
 def test_group_size_that_does_not_tile_leaves_linears_in_float(tmp_path):
     # in_features: 64 (q, k, v, o, w1, w3, output) and 192 (w2); 48 tiles only 192.
     out = run_step(
@@ -162,6 +172,7 @@ def test_group_size_that_does_not_tile_leaves_linears_in_float(tmp_path):
     assert info["quantization"][-1]["linears_quantized"] == 2
 
 
+@pytest.mark.ml
 def test_embedding_4bit_on_the_tiny_llm(tmp_path):
     import torch
 
@@ -184,6 +195,7 @@ def test_embedding_4bit_on_the_tiny_llm(tmp_path):
     assert 0 < (got - ref).abs().max() / ref.abs().max() < 0.2
 
 
+@pytest.mark.ml
 def test_quantize_is_deterministic(tmp_path):
     again = run_step(
         QuantizeStep, {"linear": "8da4w", "group_size": 32}, {"program": A.program_artifact(A.tiny_export())}, tmp_path
@@ -193,6 +205,7 @@ def test_quantize_is_deterministic(tmp_path):
         assert (again.path / name).read_bytes() == (first / name).read_bytes(), name
 
 
+@pytest.mark.ml
 def test_float_weights_are_freed_as_they_are_replaced(monkeypatch):
     """When the k-th linear is quantized, the k-1 float weights before it are gone.
 

@@ -8,9 +8,6 @@ import sys
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
 from modelbuild.errors import RecipeError, StepError  # noqa: E402
 from modelbuild.steps.reference import ReferenceStep  # noqa: E402
 from modelbuild.testing import as_artifact, run_step  # noqa: E402
@@ -157,7 +154,6 @@ def _same_model(a, b, rows_of=lambda p: len(p["prompt_ids"]) + 1):
 
 
 def test_meta_checkpoint_reference_is_the_llama_reference_and_matches_hf(ckpt, plain_hf_ref, tmp_path):
-    pytest.importorskip("executorch")
     meta = vf.write_meta_checkpoint(ckpt, tmp_path / "meta")
     out = tmp_path / "ref"
     run_step(ReferenceStep, PLAIN, {"model": as_artifact(meta, "checkpoint")}, out)
@@ -169,8 +165,7 @@ def test_meta_checkpoint_reference_is_the_llama_reference_and_matches_hf(ckpt, p
 
 
 def test_gguf_checkpoint_reference_runs_transformers_on_the_gguf_file(ckpt, plain_hf_ref, tmp_path):
-    pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF files")
-    gguf_io = pytest.importorskip("modelbuild.ml.llm.gguf_io")
+    from modelbuild.ml.llm import gguf_io  # transformers needs accelerate (ml extra) to load GGUF files
     d = tmp_path / "gguf"
     d.mkdir()
     gguf_io.write_gguf_from_hf(ckpt, d / "model.gguf")

@@ -28,7 +28,6 @@ def _judge(measured, **thresholds):
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory):
     """The tiny llama: checkpoint, reference, exported program, .pte, and a broken export."""
-    pytest.importorskip("executorch")
     import validation_fixtures as vf
     from modelbuild.steps.reference import ReferenceStep
 
@@ -180,7 +179,6 @@ def test_check_rejects_thresholds_out_of_range():
 
 @pytest.fixture(scope="module")
 def module_case(tmp_path_factory):
-    pytest.importorskip("executorch")
     import validation_fixtures as vf
     from modelbuild.steps.reference import ReferenceStep
 
@@ -243,8 +241,7 @@ min_token_agreement = 0.9
 
 def test_engine_rejudges_a_changed_threshold_from_the_cache(tmp_path):
     """Through the engine: measure once; a stricter threshold fails the cached result, nothing reruns."""
-    api = pytest.importorskip("modelbuild.api")
-    pytest.importorskip("modelbuild.ml.llm.synthetic")
+    from modelbuild import api
     project = tmp_path / "proj"
     (project / "recipes").mkdir(parents=True)
     (project / "recipes" / "v.toml").write_text(ENGINE_RECIPE)
@@ -267,8 +264,7 @@ def test_engine_rejudges_a_changed_threshold_from_the_cache(tmp_path):
 
 
 def test_variant_plot_is_a_png(tmp_path):
-    pytest.importorskip("matplotlib")
-    from modelbuild.ml.validation.plots import plot_variants
+    from modelbuild.ml.validation.plots import plot_variants  # matplotlib: in the ml extra
 
     rows = [{"target": "a", "size_mb": 4.0, "decode_tokens_per_s": 30.0, "status": "pass"},
             {"target": "b", "size_mb": 1.1, "decode_tokens_per_s": 250.0, "status": "fail"},
@@ -279,13 +275,11 @@ def test_variant_plot_is_a_png(tmp_path):
 
 def test_aggressive_quantization_fails_on_accuracy(llm, tmp_path):
     """A 4-bit (8da4w, group 32) variant made by the quantize step misses a tight cosine bound."""
-    quantize = pytest.importorskip("modelbuild.steps.quantize")
+    from modelbuild.steps.quantize import QuantizeStep
+
     out = tmp_path / "q"
-    try:
-        run_step(quantize.QuantizeStep, {"linear": "8da4w", "group_size": 32},
-                 {"program": as_artifact(llm / "ep", "exported-program")}, out)
-    except StepError as err:  # pragma: no cover - depends on the quantize step's state
-        pytest.skip(f"quantize step unavailable: {err}")
+    run_step(QuantizeStep, {"linear": "8da4w", "group_size": 32},
+             {"program": as_artifact(llm / "ep", "exported-program")}, out)
     measured = tmp_path / "val"
     run_step(ValidateStep, {"use_text_runner": False},
              {"artifact": as_artifact(out, "exported-program", target="q"),
@@ -306,8 +300,7 @@ def test_judging_a_broken_artifact_is_a_clean_error(tmp_path):
 def test_program_without_kv_cache_validates_by_rerunning_the_sequence(tmp_path):
     """A no-KV-cache export (dynamic token dimension) is scored by feeding the whole
     sequence each step; it must agree with the reference as the KV-cache export does."""
-    api = pytest.importorskip("modelbuild.api")
-    pytest.importorskip("modelbuild.ml.llm.synthetic")
+    from modelbuild import api
     project = tmp_path / "proj"
     (project / "recipes").mkdir(parents=True)
     recipe = ENGINE_RECIPE.replace("use_kv_cache = true", "use_kv_cache = false\nenable_dynamic_shape = true")

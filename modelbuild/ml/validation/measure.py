@@ -33,7 +33,24 @@ FORMAT_VERSION = 1
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB."""
+    """Peak resident memory of this process so far, in MB (MiB), its own only.
+
+    On Linux that is ``VmHWM`` of ``/proc/self/status``. ``ru_maxrss`` would be
+    wrong there: it survives ``execve``, so a step process started by a large
+    build process reports the parent's peak (a child of a 300 MB process says
+    311 MB while its own VmHWM is 11 MB), and ``max_peak_memory_mb`` would gate
+    on the wrong process. The worker counts its peak the same way
+    (``modelbuild.worker.peak_rss_bytes``). macOS has no VmHWM; its
+    ``ru_maxrss`` (bytes) is used there.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024  # kB
+        except OSError:
+            pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 

@@ -9,6 +9,8 @@ In the artifact (measured once, cached):
 - ``report.json``: the same figures plus versions and what was compared
   (no thresholds and no pass/fail: those change without rerunning)
 - ``report.md`` + ``errors.png``: the human-readable measurement report
+- ``report.html``: the same as one self-contained page (the variants report of
+  :mod:`modelbuild.report_html` with this one variant), deterministic bytes
 
 Beside it, written by whoever judges (the engine's build report):
 :func:`render_verdict_report` turns a verdict into markdown.
@@ -20,6 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from modelbuild.compare import compare_reports
 from modelbuild.step import write_json
 
 from .expectations import EXPECTATIONS, fmt
@@ -76,8 +79,15 @@ def render_measurements_md(m: Mapping[str, Any], title: str, plot: str | None) -
     return "\n".join(lines) + "\n"
 
 
-def write_reports(out: Path, m: dict, title: str, plot: str | None) -> None:
-    """Write measurements.json, report.json and report.md into ``out``."""
+def write_reports(out: Path, m: dict, title: str, plot: str | None, target: str | None = None) -> None:
+    """Write measurements.json, report.json, report.md and report.html into ``out``.
+
+    ``target`` names the variant on the page (default: the artifact's target,
+    which, like the title, is already in report.json; the validate step keeps
+    that default so its output does not depend on its own target name, which
+    is not in the action key). ``plot``, when given, must already be written
+    (it is inlined in the page).
+    """
     write_json(out / "measurements.json", m)
     report = {
         "report_version": REPORT_VERSION,
@@ -94,6 +104,9 @@ def write_reports(out: Path, m: dict, title: str, plot: str | None) -> None:
     }
     write_json(out / "report.json", report)
     (out / "report.md").write_text(render_measurements_md(m, title, plot))
+    name = target or m["artifact"].get("target") or title
+    page = compare_reports({name: out / "report.json"}).html(title=f"Validation: {title}")
+    (out / "report.html").write_text(page, encoding="utf-8")
 
 
 def render_verdict_report(measurements_dir: Path, verdict) -> str:

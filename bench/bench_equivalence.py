@@ -1,0 +1,88 @@
+"""The long profile of the equivalence machine (issue 11): thousands of random sequences.
+
+tests/test_equivalence.py runs a few sequences in CI; this script runs the
+same state machine (tests/equivalence/machine.py) for as many sequences as
+asked, larger graphs (3-12 targets), and *keeps going after a failure*: each
+failure is recorded (its message and the steps that led to it) and the run
+continues with fresh sequences, so one run reports every kind of hole it met.
+
+    nice .venv/bin/python bench/bench_equivalence.py --sequences 2000
+    nice .venv/bin/python bench/bench_equivalence.py --minutes 30 --shrink   # minimize each failure
+
+It prints how many sequences, steps, builds, kills and concurrent edits ran,
+where the time went, and one block per distinct failure. Exit status 1 if
+any failure was found. MODELBUILD_EQUIV_SKIP=rule,rule leaves rules out
+(for triage of a known hole only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hypothesis import HealthCheck, Phase, settings  # noqa: E402
+from hypothesis.reporting import with_reporter  # noqa: E402
+from hypothesis.stateful import run_state_machine_as_test  # noqa: E402
+
+from tests.equivalence import machine  # noqa: E402
+from tests.equivalence.project import TIMES  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sequences", type=int, default=2000, help="random sequences to run (default 2000)")
+    ap.add_argument("--minutes", type=float, default=None, help="stop after this long, whatever the count")
+    ap.add_argument("--steps", type=int, default=12, help="rules per sequence (default 12)")
+    ap.add_argument("--max-targets", type=int, default=12, help="graph size limit (default 12; starts with 3..this)")
+    ap.add_argument("--chunk", type=int, default=20, help="sequences per hypothesis run (default 20)")
+    ap.add_argument("--shrink", action="store_true", help="minimize each failure (slow: many extra builds)")
+    args = ap.parse_args()
+
+    machine.CONFIG.update(init_targets=(3, args.max_targets), max_targets=args.max_targets)
+    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if args.shrink else [])
+    start = time.monotonic()
+    deadline = start + args.minutes * 60 if args.minutes else None
+    failures: dict[str, list[str]] = {}
+    runs = 0
+    while machine.STATS["sequences"] < args.sequences and (deadline is None or time.monotonic() < deadline):
+        chunk = min(args.chunk, args.sequences - machine.STATS["sequences"])
+        lines: list[str] = []
+        runs += 1
+        try:
+            with with_reporter(lines.append):
+                run_state_machine_as_test(machine.EquivalenceMachine, settings=settings(
+                    max_examples=chunk, stateful_step_count=args.steps, deadline=None, database=None,
+                    phases=phases, suppress_health_check=list(HealthCheck), print_blob=False))
+        except Exception as exc:  # noqa: BLE001 - record and go on
+            message = str(exc).strip()
+            head = message.splitlines()[0][:200] if message else type(exc).__name__
+            kind = head.split(":", 2)[1].strip() if head.count(":") >= 2 else head
+            failures.setdefault(kind, []).append(f"{type(exc).__name__}: {message[:4000]}\n" + "\n".join(lines))
+            print(f"[{machine.STATS['sequences']} sequences] failure: {head}", flush=True)
+        else:
+            print(f"[{machine.STATS['sequences']} sequences, {machine.STATS['steps']} steps, "
+                  f"{time.monotonic() - start:.0f} s] ok", flush=True)
+
+    wall = time.monotonic() - start
+    s = machine.STATS
+    print()
+    print("| sequences | steps | builds | plans | kills | concurrent edits | clean builds elsewhere | failures | wall |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| {s['sequences']} | {s['steps']} | {s['builds']} | {s['plans']} | {s['kills']} | {s['concurrent_edits']} "
+          f"| {s['reference_builds']} | {sum(len(v) for v in failures.values())} | {wall / 60:.1f} min |")
+    print()
+    print("rules: " + ", ".join(f"{k[5:]} {v}" for k, v in sorted(s.items()) if k.startswith("rule:")))
+    print("time in CLI commands: " + ", ".join(f"{k} {v:.0f} s" for k, v in sorted(TIMES.items())))
+    for kind, found in failures.items():
+        print(f"\n=== {len(found)} failure(s): {kind}\n")
+        print(found[0])
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

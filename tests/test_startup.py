@@ -1,0 +1,66 @@
+"""What a full-check build loads before its first target (issue 11, speed).
+
+Every edit-and-rebuild pays this start-up, so a build imports only the step
+plugins its graph uses, never networkx, and discovers plugins without
+importlib.metadata's per-distribution objects, with the same answer.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import metadata
+
+from modelbuild.plugins import GROUP, Registry, _scan_entry_points
+
+
+def _dist(folder, name, version, entry_points: str):
+    dist = folder / f"{name}-{version}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+
+
+def test_discovery_agrees_with_importlib_metadata(tmp_path, monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    _dist(first, "mb_a", "1.0", f"[console_scripts]\nx = y:z\n\n[{GROUP}]\nshout = mb_a.steps:Shout\n"
+                                 "quiet=mb_a.steps:Quiet\n")
+    # A second install of the same distribution later on sys.path: the first one wins.
+    _dist(second, "mb_a", "0.9", f"[{GROUP}]\nshout = mb_a.old:Shout\n")
+    _dist(second, "mb-b", "2.0", f"# comment\n[{GROUP}]\n  whisper = mb_b:Whisper  \n")
+    monkeypatch.syspath_prepend(str(second))
+    monkeypatch.syspath_prepend(str(first))
+    ours = sorted((n, v, d.name) for n, v, d in _scan_entry_points())
+    theirs = sorted((ep.name, ep.value, ep.dist.name) for ep in metadata.entry_points(group=GROUP))
+    assert ours == theirs
+    assert ("shout", "mb_a.steps:Shout", "mb_a") in ours and ("whisper", "mb_b:Whisper", "mb-b") in ours
+    reg = Registry.discover()
+    assert reg.get("shout").entry == "mb_a.steps:Shout" and reg.get("whisper").dist == "mb-b"
+    assert reg.get("command").dist == "modelbuild"
+
+
+def test_a_zip_on_sys_path_falls_back_to_importlib_metadata(tmp_path, monkeypatch):
+    archive = tmp_path / "plugins.zip"
+    archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
+    monkeypatch.syspath_prepend(str(archive))
+    assert _scan_entry_points() is None
+    assert "command" in Registry.discover()
+
+
+PROBE = """
+import runpy, sys
+sys.argv = ["modelbuild", "build", "--full-check", "-q"]
+try:
+    runpy.run_module("modelbuild.cli", run_name="__main__")
+except SystemExit as e:
+    assert e.code == 0, e.code
+steps = sorted(m for m in sys.modules if m.startswith("modelbuild.steps."))
+print("STEPS=" + ",".join(steps))
+print("HEAVY=" + ",".join(m for m in ("networkx", "torch", "filelock") if m in sys.modules))
+"""
+
+
+def test_a_full_check_loads_only_the_plugins_its_graph_uses(chain):
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=chain.root, capture_output=True, text=True)
+    assert "STEPS=modelbuild.steps.command\n" in out.stdout, out.stdout + out.stderr
+    assert "HEAVY=\n" in out.stdout, out.stdout
