@@ -5,10 +5,11 @@ a step: unknown steps, unknown inputs and input slots, parameters (against
 each step's ``Params`` model), artifact kinds along every edge, and cycles
 (every target in the cycle is named).
 
-The edges are kept as plain adjacency sets: every build pays for building
-the graph before it can say "nothing to do", and importing networkx alone
-cost more than the rest of a 100-target no-op. ``BuildGraph.dag`` still hands
-out a ``networkx.DiGraph`` for callers that want its algorithms.
+The edges are kept as plain adjacency lists: every build pays for building
+the graph before it can say "nothing to do", and importing networkx was the
+largest single cost of a full-check no-op (docs/benchmarks.md).
+``BuildGraph.dag`` still hands out a ``networkx.DiGraph`` for callers that
+want its algorithms.
 
 Example::
 

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from .model import Files, Model
 TIMEOUT_S = 180
 #: Seconds spent per CLI command ("build", "plan", "cache", ...), for the bench.
 TIMES: dict[str, float] = {}
+#: What the machine did (sequences, steps, rules, builds, kills, ...), for the bench.
+STATS: Counter = Counter()
 
 
 def toml_value(v: Any) -> str:
