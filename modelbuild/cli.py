@@ -38,18 +38,36 @@ def noop_options(targets: list[str], overrides: list[str], out_dir: str | None, 
 
 
 def _quick_noop(argv: list[str]) -> int | None:
-    """``build [TARGET...] [-q]`` that the fast path proves up to date: 0, else None (go through click)."""
+    """``build [TARGET...] [-q] [-j N] [-k]`` that the fast path proves up to date: 0, else None (go through click).
+
+    ``-j`` and ``-k`` change how misses run, never whether there are any, so a
+    no-op answers the same with them.
+    """
     if argv[:1] != ["build"] or "_MODELBUILD_COMPLETE" in os.environ:
         return None
-    targets = [a for a in argv[1:] if a not in ("-q", "--quiet")]
-    if any(not a or a.startswith("-") for a in targets):  # any other option: click parses it
-        return None
+    args, targets, quiet = list(argv[1:]), [], False
+    while args:
+        a = args.pop(0)
+        if a in ("-q", "--quiet"):
+            quiet = True
+        elif a in ("-k", "--keep-going"):
+            pass
+        elif a in ("-j", "--jobs"):
+            if not args or not args.pop(0).isdigit():
+                return None
+        elif a.startswith("--jobs=") or (a.startswith("-j") and len(a) > 2):
+            if not a.split("=", 1)[-1].removeprefix("-j").isdigit():
+                return None
+        elif not a or a.startswith("-"):  # any other option: click parses it
+            return None
+        else:
+            targets.append(a)
     from .fastpath import try_noop
 
     quick = try_noop(project=None, recipes=None, cache_dir=None, options=noop_options(targets, [], None, False))
     if quick is None:
         return None
-    if len(targets) == len(argv) - 1:
+    if not quiet:
         print(quick, file=sys.stderr)
     return 0
 

@@ -202,8 +202,8 @@ def test_live_renderer_colour_follows_the_flag():
 
 
 def test_plain_noop_is_answered_before_click_and_agrees_with_it(chain):
-    """`build [TARGET...] [-q]` skips click's import when the fast path proves a no-op; with any other
-    option click parses the line, and the same recorded no-op answers."""
+    """`build [TARGET...] [-q] [-j N] [-k]` skips click's import when the fast path proves a no-op; with
+    any other option (or a bad -j value) click parses the line, and the same recorded no-op answers."""
     assert run_cli("build", "c", cwd=chain.root).returncode == 0
     time.sleep(2.1)
     assert run_cli("build", "c", cwd=chain.root).returncode == 0  # records the no-op outside the racy window
@@ -213,10 +213,13 @@ def test_plain_noop_is_answered_before_click_and_agrees_with_it(chain):
         "print('CODE=%d CLICK=%s' % (code, 'click' in sys.modules))\n"
     )
     for args, click_loaded, said in ((["build", "c"], False, True), (["build", "c", "-q"], False, False),
-                                     (["build", "c", "-j", "2"], True, True), (["build", "c", "--color"], True, True)):
+                                     (["build", "c", "-j", "2"], False, True), (["build", "-j2", "-k", "-q", "c"], False, False),
+                                     (["build", "c", "--color"], True, True)):
         out = subprocess.run([sys.executable, "-c", probe, *args], cwd=chain.root, capture_output=True, text=True)
         assert f"CODE=0 CLICK={click_loaded}" in out.stdout, (args, out.stdout, out.stderr)
         assert ("up to date (nothing changed" in out.stderr) == said, (args, out.stderr)
+    bad = subprocess.run([sys.executable, "-c", probe, "build", "c", "-j", "x"], cwd=chain.root, capture_output=True, text=True)
+    assert "CODE=2 CLICK=True" in bad.stdout and "not a valid integer" in bad.stderr, bad.stdout + bad.stderr
     # Another target set is another no-op record: the shortcut falls through to a real (full) build.
     other = subprocess.run([sys.executable, "-c", probe, "build", "b"], cwd=chain.root, capture_output=True, text=True)
     assert "CODE=0 CLICK=True" in other.stdout, other.stdout + other.stderr
