@@ -1,5 +1,11 @@
 """Benchmark: modelbuild vs ExecuTorch's ``export_llm`` on the same synthetic checkpoint.
 
+The like-for-like comparison (interleaved pairs, equal ``OMP_NUM_THREADS``,
+CPU-seconds, peak memory measured the same way for both tools, a structural
+comparison of the ``.pte`` files) is ``bench_pairs.py``; this script's
+figures in docs/benchmarks.md are kept under "earlier sessions". Its
+checkpoint writing and ``export_llm`` command lines are reused there.
+
 Two comparisons, each the median of ``--runs`` runs, wall time and peak RSS
 (the sum over the whole process tree, sampled every 50 ms; a vfork child
 that has not exec'd yet is not counted again, its pages are its parent's: see

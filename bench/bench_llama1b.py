@@ -1,5 +1,11 @@
 """Benchmark: the shipped ``llama-1b-ios`` graph vs ``export_llm`` on the real Llama 3.2 1B shape.
 
+The like-for-like comparison (interleaved pairs, equal ``OMP_NUM_THREADS``,
+CPU-seconds, peak memory measured the same way for both tools, a structural
+comparison of the ``.pte`` files) is ``bench_pairs.py``; this script's
+figures in docs/benchmarks.md are kept under "earlier sessions". Its
+checkpoint writing and ``export_llm`` command lines are reused there.
+
 The weights are a synthetic checkpoint of the Llama 3.2 1B shape (seeded
 random bf16 weights), written once in Meta layout before any timing. Both
 tools read the same files: modelbuild through the shipped

@@ -31,6 +31,8 @@ _EXPORTS = {
     "cache_verify": "modelbuild.api",
     "cache_gc": "modelbuild.api",
     "cache_clear": "modelbuild.api",
+    "cache_push": "modelbuild.api",
+    "cache_pull": "modelbuild.api",
     "clean": "modelbuild.api",
     "report": "modelbuild.api",
     "lock": "modelbuild.api",

@@ -85,6 +85,9 @@ OUT_DIR = _opt("--out-dir", type=click.Path(file_okay=False),
                help="Where targets are materialized (default: <project>/out).")
 JSON = _opt("--json", is_flag=True, help="Print the result as JSON on stdout.")
 JOBS = _opt("-j", "--jobs", type=int, default=None, help="Steps to run at once (default: number of cores).")
+REMOTE_CACHE = _opt("--remote-cache", metavar="URL",
+                    help="The shared remote cache: s3://bucket/prefix, file:///mnt/cache, a path, any fsspec URL "
+                         "(default: remote-cache in modelbuild.toml or [tool.modelbuild]; docs/remote.md).")
 
 
 def _apply(*decorators):
@@ -193,6 +196,16 @@ def list_(**kw) -> int:
 @_opt("--full-check", is_flag=True, help="Skip the no-op fast path: recompute every action key.")
 @_opt("--frozen", is_flag=True, help="Fail if modelbuild.lock is missing or stale; fetch at the locked resolution.")
 @_opt("--refresh", is_flag=True, help="Resolve floating references (an hf:// revision such as main) again now.")
+@_opt("--executor", type=click.Choice(["local", "dask"]), default=None,
+      help="Where misses run: child processes here, or a Dask cluster (default: the project config, else local).")
+@_opt("--scheduler", metavar="ADDRESS", help="The Dask scheduler, e.g. tcp://sched:8786 (with --executor dask).")
+@_opt("--no-fuse", is_flag=True,
+      help="Run every step in its own process (default: a chain of misses shares one, programs passed in memory).")
+@REMOTE_CACHE
+@_opt("--remote-upload/--no-remote-upload", default=None,
+      help="Also upload what this build makes to the remote cache (default: the project config, else off).")
+@_opt("--remote-required/--no-remote-required", default=None,
+      help="An unreachable remote cache is an error instead of a warning (default: the project config, else off).")
 def build(**kw) -> int:
     """Build TARGETS (default: the default target).
 
@@ -203,12 +216,15 @@ def build(**kw) -> int:
     Examples:
       modelbuild build tiny-llama-8da4w-pte -j 2
       modelbuild build --set targets.tiny-llama-8da4w.group_size=64 --json
+      modelbuild build tiny-llama-mlmodelc --executor dask --scheduler tcp://sched:8786
+      modelbuild build --remote-cache s3://team-bucket/modelbuild --remote-upload
     """
     args = _ns(kw)
     from .fastpath import try_noop
 
     options = noop_options(args.targets, args.overrides, args.out_dir, args.require_validation)
-    if not (args.json or args.report or args.full_check or args.frozen or args.refresh):
+    # A Dask cluster may run what this host cannot: its no-op answer is not this host's.
+    if not (args.json or args.report or args.full_check or args.frozen or args.refresh or args.executor == "dask"):
         quick = try_noop(project=args.project, recipes=args.recipes, cache_dir=args.cache_dir, options=options)
         if quick is not None:
             if not args.quiet:
@@ -224,7 +240,9 @@ def build(**kw) -> int:
             args.targets, project=args.project, recipes=args.recipes, cache_dir=args.cache_dir, out_dir=args.out_dir,
             jobs=args.jobs, keep_going=args.keep_going, overrides=args.overrides,
             require_validation=args.require_validation, on_event=renderer.handle, frozen=args.frozen,
-            refresh=args.refresh,
+            refresh=args.refresh, executor=args.executor, scheduler=args.scheduler,
+            remote_cache=args.remote_cache, remote_upload=args.remote_upload, remote_required=args.remote_required,
+            fuse=False if args.no_fuse else None,
         )
     report = result.to_json() if (args.report or args.json) else None  # milliseconds per 100 targets
     if args.report:
@@ -235,6 +253,8 @@ def build(**kw) -> int:
         write_json(Path(args.report), report)
     if args.json:
         _print_json(report)
+    for warning in result.warnings:
+        _err(f"warning: {warning}")
     _err(format_summary(result))
     if result.ok:
         record_noop(result, project=args.project, recipes=args.recipes, cache_dir=args.cache_dir, options=options)
@@ -255,6 +275,7 @@ def build(**kw) -> int:
 @JSON
 @_opt("--require-validation", is_flag=True, help="Plan 'not validated here' (e.g. needs macOS) as a failure, as build would.")
 @_opt("--refresh", is_flag=True, help="Resolve floating references (an hf:// revision such as main) again now.")
+@REMOTE_CACHE
 def plan(**kw) -> int:
     """Dry run: each step, hit or miss, and why.
 
@@ -266,7 +287,8 @@ def plan(**kw) -> int:
 
     args = _ns(kw)
     result = run_plan(args.targets, project=args.project, recipes=args.recipes, cache_dir=args.cache_dir,
-                      overrides=args.overrides, require_validation=args.require_validation, refresh=args.refresh)
+                      overrides=args.overrides, require_validation=args.require_validation, refresh=args.refresh,
+                      remote_cache=args.remote_cache)
     if args.json:
         _print_json(result.to_json())
         return 0
@@ -301,6 +323,8 @@ def explain(**kw) -> int:
         line = f"{e['target']} ({e['step']}): {e['status']}"
         if e.get("key"):
             line += f"  key {e['key'][:12]}"
+        if e.get("worker"):
+            line += f"  on worker {e['worker']}"
         print(line)
         own = [e["reason"]] if e.get("reason") and e.get("status") != "failed" else []  # a failure's reason follows
         for reason in e.get("reasons") or own:
@@ -380,25 +404,38 @@ def schema() -> int:
 
 
 @cli.command()
-@click.argument("action", type=click.Choice(["stats", "verify", "gc", "clear"]))
+@click.argument("action", type=click.Choice(["stats", "verify", "gc", "clear", "push", "pull"]))
+@_targets()
 @PROJECT
+@RECIPES
+@SET
 @CACHE
+@REMOTE_CACHE
 @JSON
 @VERBOSE
 def cache(**kw) -> int:
-    """Inspect and maintain the cache.
+    """Inspect and maintain the cache; share it through the remote cache.
 
-    ACTION is stats, verify, gc or clear.
-    verify exits 1 when it finds a problem.
+    ACTION is stats, verify, gc, clear, push or pull.
+    verify exits 1 when it finds a problem. push TARGETS uploads the cached
+    results of TARGETS' chains to the remote cache; pull TARGETS downloads
+    them into this cache (verified), for `build` to restore. Both exit 1 when
+    a result fails.
 
     \b
     Examples:
       modelbuild cache stats --json
       modelbuild cache verify
+      modelbuild cache push tiny-llama --remote-cache s3://team-bucket/modelbuild
+      modelbuild cache pull tiny-llama
     """
     from . import api
 
     args = _ns(kw)
+    if args.action in ("push", "pull"):
+        return _transfer(args)
+    if args.targets or args.overrides or args.remote_cache or args.recipes:
+        raise click.UsageError(f"cache {args.action} takes no targets, --set, --recipes or --remote-cache")
     if args.action == "stats":
         stats = api.cache_stats(project=args.project, cache_dir=args.cache_dir)
         if args.json:
@@ -420,6 +457,26 @@ def cache(**kw) -> int:
     api.cache_clear(project=args.project, cache_dir=args.cache_dir)
     _err("cache cleared")
     return 0
+
+
+def _transfer(args) -> int:
+    """`cache push` / `cache pull`: one line per target of the chains, then a summary."""
+    from . import api
+
+    run = api.cache_push if args.action == "push" else api.cache_pull
+    done = run(args.targets, project=args.project, recipes=args.recipes, cache_dir=args.cache_dir,
+               overrides=args.overrides, remote_cache=args.remote_cache)
+    if args.json:
+        _print_json(done.to_json())
+    else:
+        width = max((len(n) for n in done.rows), default=0)
+        for name, (state, detail) in done.rows.items():
+            print(f"{state:<23} {name:<{width}}  {detail}".rstrip())
+    for warning in done.warnings:
+        _err(f"warning: {warning}")
+    verb = "uploaded to" if args.action == "push" else "downloaded from"
+    _err(f"{done.blobs} blob(s), {done.bytes / 1e6:.1f} MB {verb} {done.remote}")
+    return 0 if done.ok else EXIT_FAILED
 
 
 @cli.command()
@@ -492,6 +549,8 @@ def report(**kw) -> int:
         console = Console(no_color=None if color is None else not color, force_terminal=color or None,
                           width=None if tty else 10_000)
         console.print(table.render())
+        if table.profiles_markdown():  # profile targets: their operators side by side
+            console.print("\n" + table.profiles_markdown(), markup=False, highlight=False)
     return 0
 
 

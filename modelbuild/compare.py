@@ -52,6 +52,9 @@ _FIGURES = ("size_mb", "decode_tokens_per_s", "prefill_tokens_per_s", "cosine", 
 #: Engine states (history ``status``) that are outcomes of their own, not a verdict on figures.
 _STATES = {"unavailable": "unavailable", "failed": "fail", "skipped": "skipped"}
 
+#: Operators per profile in the side-by-side table of ``markdown`` (the profile step's top 20).
+PROFILE_ROWS = 20
+
 #: A drop in cosine at least this large between two stages is called out.
 BREAK_DROP = 1e-3
 
@@ -294,6 +297,37 @@ class Comparison:
             lines.append("| " + " | ".join(cells) + " |")
         if self.note:
             lines += ["", self.note]
+        profiles = self.profiles_markdown()
+        if profiles:
+            lines += ["", profiles]
+        return "\n".join(lines)
+
+    def profiles_markdown(self, top: int = PROFILE_ROWS) -> str:
+        """The targets' operator profiles side by side: total ms per operator, slowest first ("" if none).
+
+        Rows are the union of each profile's ``top`` slowest operators, ordered
+        by their largest time in any target; ``-`` where a target has no such
+        operator (e.g. an op one backend delegates and another does not).
+        """
+        profiles = {r["target"]: self.details.get(r["target"], {}).get("profile") for r in self.rows}
+        profiles = {t: ops for t, ops in profiles.items() if ops}
+        if not profiles:
+            return ""
+        times = {t: {o["name"]: o["time_ms"] for o in ops} for t, ops in profiles.items()}
+        names: dict[str, float] = {}
+        for ops in profiles.values():
+            for o in ops[:top]:
+                names[o["name"]] = max(names.get(o["name"], 0.0), o["time_ms"])
+        order = sorted(names, key=lambda n: (-names[n], n))
+        esc = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        lines = [f"Operator profiles (total ms; top {top} of each)", "",
+                 "| operator | " + " | ".join(esc(t) for t in profiles) + " |",
+                 "| --- | " + " | ".join("---:" for _ in profiles) + " |"]
+        for name in order:
+            cells = [f"{times[t][name]:.4g}" if name in times[t] else "-" for t in profiles]
+            lines.append(f"| `{esc(name)}` | " + " | ".join(cells) + " |")
+        totals = [f"{sum(o['time_ms'] for o in profiles[t]):.4g}" for t in profiles]
+        lines.append("| all operators | " + " | ".join(totals) + " |")
         return "\n".join(lines)
 
     def html(self, title: str = "Variants") -> str:

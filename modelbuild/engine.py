@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping
 
 from .artifacts import Artifact
 from .errors import CacheCorrupt, InternalError, ModelbuildError, StoreError, one_line
-from .executor import JobOutcome, run_job, terminate_all
+from .executor import Executor, JobOutcome, LocalExecutor, StepJob
 from .graph import BuildGraph, Node, input_kinds
 from .hashing import RACY_MARGIN_NS, Seen, digest_path, hash_file, stat_signature
 from .history import History
@@ -48,7 +48,6 @@ from .outcome import STATUSES, Blocker, BuildResult, Decision, Kind, Prepared, S
 from .fingerprint import StepCode
 from .resolve import Resolver
 from .schedule import Claim, CoreShare, critical_path
-from .step import unmet_requirement
 from .store import ActionRecord, Store
 
 __all__ = ["Engine", "TargetResult", "BuildResult", "Event", "Prepared", "Decision", "Kind", "Status", "STATUSES"]
@@ -81,8 +80,11 @@ class Engine:
         require_validation: bool = False,
         on_event: Callable[[Event], None] | None = None,
         refresh: bool = False,
+        executor: Executor | None = None,
     ) -> None:
         self.graph = graph
+        #: Runs the misses (executor.py): local child processes unless given, e.g. a DaskExecutor.
+        self.executor = executor if executor is not None else LocalExecutor()
         self.store = store
         self.project = Path(project)
         self.out_dir = Path(out_dir)
@@ -204,8 +206,8 @@ class Engine:
             hit = self.store.get_action(key)
         except CacheCorrupt as exc:
             return None, [f"cache entry corrupt: {exc}"]
-        if hit is None:
-            return None, []
+        if hit is None:  # the shared remote tier, if any (remote.py): its blobs come when restored
+            return self.store.remote_action(key), []
         problems = self.store.missing_or_corrupt(hit.manifest)
         if problems:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -237,9 +239,9 @@ class Engine:
             if not res.ok:
                 blocker = Blocker.of(producer, res)
                 return Decision(Kind.SKIPPED, (blocker.describe(),), blocked_by=blocker)
-        unmet = unmet_requirement(node.step.requirements(node.params, input_kinds(node, self.graph.nodes)))
-        if unmet:
-            return self._unavailable(node, unmet, node.step.elsewhere(node.name, node.params))
+        unmet = self.executor.unmet(node.step.requirements(node.params, input_kinds(node, self.graph.nodes)))
+        if unmet:  # unless another host's result for these very inputs is in the shared remote cache
+            return self._shared_hit(node, upstream) or self._unavailable(node, unmet, node.step.elsewhere(node.name, node.params))
         waiting = [p for p in producers if upstream[p].digest is None]
         if waiting:
             return Decision(Kind.PENDING, tuple(f"input {p} will be rebuilt (an identical rebuild keeps this a hit)" for p in waiting))
@@ -259,9 +261,29 @@ class Engine:
             return Decision(Kind.HIT, (self._hit_reason(node.name, prepared.key),), prepared)
         return Decision(Kind.MISS, tuple(prepared.reasons), prepared)
 
+    def _shared_hit(self, node: Node, upstream: Mapping[str, TargetResult]) -> Decision | None:
+        """A HIT for a step this host cannot run, when the remote cache (remote.py) holds its result
+        (a Mac worker built the ``.mlmodelc``); None otherwise, or without a remote tier."""
+        if self.store.remote is None or any(upstream[p].digest is None for p in self.graph.producers(node.name)):
+            return None
+        digests: dict[str, str | list[str]] = {
+            slot: [upstream[p].digest or "" for p in prods] if isinstance(prods, list) else upstream[prods].digest or ""
+            for slot, prods in node.inputs.items()
+        }
+        try:
+            prepared = self.prepare(node, digests)
+        except (_InputMissing, ModelbuildError, OSError):
+            return None
+        if prepared.hit is None:
+            return None
+        return Decision(Kind.HIT, (self._hit_reason(node.name, prepared.key),), prepared)
+
     def _hit_reason(self, name: str, key: str) -> str:
         previous = self.history.load(name)
         reason = "up to date" if previous and previous.get("key") == key else "cached: built before with the same inputs"
+        remote = self.store.from_remote(key)
+        if remote is not None:
+            reason = f"remote hit: from {remote}"
         return "; ".join([reason, *self.resolver.notes(name)])  # e.g. "offline: revision main taken as ..."
 
     # -- build ----------------------------------------------------------------
@@ -271,13 +293,14 @@ class Engine:
         start = time.monotonic()
         order = self.graph.closure(names)
         results: dict[str, TargetResult] = {}
+        self.executor.check(self.graph, order, keep_going=self.keep_going)  # e.g. no Dask worker has macos
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="modelbuild") as pool:
             try:
                 self._schedule(pool, order, results)
             except BaseException:
                 # Ctrl-C (or a bug): stop the running steps so the pool can shut down.
                 self._stop = True
-                terminate_all()
+                self.executor.cancel_all()
                 raise
         ordered = {name: results[name] for name in order}
         return BuildResult(requested=list(names), targets=ordered, duration_s=time.monotonic() - start,
@@ -296,6 +319,7 @@ class Engine:
         running: dict[Future, str] = {}
 
         def finished(name: str) -> None:
+            self.executor.settled(name)  # e.g. a fused session drops a value no consumer will take
             for consumer in self.graph.consumers(name):
                 if consumer in unfinished:
                     unfinished[consumer] -= 1
@@ -333,6 +357,7 @@ class Engine:
                 results[name] = result
                 if result.status == FAILED and not self.keep_going:
                     self._stop = True
+                    self.executor.stop_pending()
                 self._emit(Event("finish", name, node.step.name, result))
                 finished(name)
 
@@ -415,6 +440,9 @@ class Engine:
             try:
                 self.store.materialize(record.manifest, dest)
             except CacheCorrupt as exc:
+                unmet = self.executor.unmet(step.requirements(node.params, input_kinds(node, self.graph.nodes)))
+                if unmet:  # another host's shared result failed its check, and this host cannot run the step
+                    return self._settle(node, self._unavailable(node, unmet, step.elsewhere(name, node.params)))
                 prepared = Prepared(prepared.key, prepared.record, None, [f"cache entry corrupt: {exc}"])
                 record = None
             else:
@@ -422,6 +450,7 @@ class Engine:
                 return TargetResult(
                     name, step.name, CACHED, reason, [reason], prepared.key, record.manifest.digest,
                     record.manifest.size, 0.0, dest, None, record.summary,
+                    remote_hit=self.store.from_remote(prepared.key) is not None,
                 )
         outcome, record, log = self._run(node, upstream, prepared, claim)
         reason = "; ".join(prepared.reasons)
@@ -434,7 +463,7 @@ class Engine:
         return TargetResult(
             name, step.name, BUILT, reason, prepared.reasons, prepared.key, record.manifest.digest,
             record.manifest.size, outcome.duration_s, dest, log, record.summary,
-            peak_rss_bytes=outcome.peak_rss_bytes,
+            peak_rss_bytes=outcome.peak_rss_bytes, worker=outcome.worker,
         )
 
     def _run(self, node: Node, upstream: dict[str, TargetResult], prepared: Prepared, claim: Claim) -> tuple[JobOutcome, ActionRecord | None, Path]:
@@ -449,7 +478,8 @@ class Engine:
 
         def spec(producer: str) -> dict[str, str]:
             res = upstream[producer]
-            return {"kind": self.graph.nodes[producer].kind, "path": str(res.out), "digest": res.digest or "", "target": producer}
+            return {"kind": self.graph.nodes[producer].kind, "path": str(res.out), "digest": res.digest or "", "target": producer,
+                    "key": res.key or ""}
 
         inputs = {
             slot: [spec(p) for p in producers] if isinstance(producers, list) else spec(producers)
@@ -471,15 +501,17 @@ class Engine:
         }
         (self.store.root / "downloads").mkdir(exist_ok=True)
         try:
-            outcome = run_job(job, scratch / "job", lambda p: self._emit(Event("progress", name, step.name, progress=p)))
+            requirements = step.requirements(node.params, input_kinds(node, self.graph.nodes))
+            outcome = self.executor.submit(StepJob(job, scratch / "job", prepared.key, prepared.record, requirements,
+                                                   lambda p: self._emit(Event("progress", name, step.name, progress=p)))).result()
             if outcome.status != "ok":
                 return outcome, None, log
             changed = self.changed_since_read(node)
             if changed is not None:  # the key says the old content; the step may have read the new
                 return JobOutcome("failed", f"{changed} changed while the step ran (its result is not cached; build again)",
                                   duration_s=outcome.duration_s), None, log
-            try:
-                manifest = self.store.ingest(out)
+            try:  # a remote executor stored the output's blobs itself (and checked them)
+                manifest = outcome.manifest if outcome.manifest is not None else self.store.ingest(out)
             except StoreError as exc:
                 return JobOutcome("failed", str(exc), duration_s=outcome.duration_s), None, log
             record = ActionRecord(

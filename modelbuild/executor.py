@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["JobOutcome", "run_job", "terminate_all"]
+__all__ = ["Executor", "FUSE_ENV", "JobOutcome", "LocalExecutor", "StepJob", "Submitted", "job_outcome", "run_job", "spawn_worker", "terminate_all"]
 
 _RUNNING: set[subprocess.Popen] = set()
 _RUNNING_LOCK = threading.Lock()
@@ -48,6 +48,11 @@ class JobOutcome:
     command: str | None = None
     #: Peak RSS of the step's process (and the processes it waited for), when it reported one.
     peak_rss_bytes: int | None = None
+    #: The output, already in the store (blobs only), when the executor ingested it itself (a Dask
+    #: worker); None: the engine ingests the job's ``out`` directory.
+    manifest: Any = None
+    #: Where the step ran (a Dask worker's name); None: in a child process of this build.
+    worker: str | None = None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -72,22 +77,9 @@ def run_job(job: dict[str, Any], job_dir: Path, on_progress: Callable[[dict], No
     job = {**job, "result": str(result_path)}
     job_path = job_dir / "job.json"
     job_path.write_text(json.dumps(job))
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
     start = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelbuild.worker", str(job_path)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=job["work"],
-        env=env,
-        text=True,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-    )
+    proc = spawn_worker([str(job_path)], job["work"])
     assert proc.stdout is not None
-    with _RUNNING_LOCK:
-        _RUNNING.add(proc)
     try:
         for line in proc.stdout:
             if on_progress is None:
@@ -98,9 +90,40 @@ def run_job(job: dict[str, Any], job_dir: Path, on_progress: Callable[[dict], No
                 continue
         code = proc.wait()
     finally:
-        with _RUNNING_LOCK:
-            _RUNNING.discard(proc)
-    duration = time.monotonic() - start
+        forget(proc)
+    return job_outcome(code, result_path, time.monotonic() - start)
+
+
+def spawn_worker(args: list[str], cwd: str, *, stdin: Any = subprocess.DEVNULL) -> subprocess.Popen:
+    r"""Start ``python -m modelbuild.worker ARGS`` in its own process group, dying with this process.
+
+    The process is registered so :func:`terminate_all` stops it; the caller
+    :func:`forget`\s it once it has exited.
+    """
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelbuild.worker", *args],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env=env,
+        text=True,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc)
+    return proc
+
+
+def forget(proc: subprocess.Popen) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING.discard(proc)
+
+
+def job_outcome(code: int, result_path: Path, duration: float) -> JobOutcome:
+    """The outcome of a job from its worker's exit code (or signal, negative) and ``result.json``."""
     try:
         result = json.loads(result_path.read_text())
     except (OSError, ValueError):
@@ -120,3 +143,132 @@ def run_job(job: dict[str, Any], job_dir: Path, on_progress: Callable[[dict], No
             command=result.get("command"), peak_rss_bytes=rss,
         )
     return JobOutcome("failed", result.get("reason", f"exit code {code}"), duration_s=duration, peak_rss_bytes=rss)
+
+
+@dataclass(frozen=True)
+class StepJob:
+    """A prepared step job: what the engine hands an executor for one cache miss.
+
+    ``job`` holds the worker's fields (worker.py) with this host's paths;
+    ``job_dir`` is scratch for the job file and its result; ``key`` and
+    ``record`` are the action key and the key record it was computed from
+    (what a remote executor checks its host against: step code, sources,
+    toolchain); ``requirements`` is what the step needs of its host.
+    """
+
+    job: dict[str, Any]
+    job_dir: Path
+    key: str
+    record: dict[str, Any]
+    requirements: Any = None  # step.Requirements (not imported here: the step API imports pydantic)
+    on_progress: Callable[[dict], None] | None = None
+
+
+class Submitted:
+    """A submitted job: :meth:`result` waits for its :class:`JobOutcome`; :meth:`cancel` stops it."""
+
+    def result(self) -> JobOutcome:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def cancel(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Executor:
+    """How the engine's cache misses run: the engine decides hit or miss, owns the
+    action cache and commits records; an executor only runs steps.
+
+    ``submit(job)`` returns a :class:`Submitted`; its ``result()`` is awaited
+    by the engine thread that owns the target. ``unmet(req)`` says what no
+    place this executor runs on has (``decide`` turns it into "unavailable");
+    ``check`` may refuse a build before anything runs; ``stop_pending`` (a
+    failure without ``-k``) and ``cancel_all`` (Ctrl-C) stop what is queued or
+    running. Example (the Dask executor is modelbuild/dask_executor.py)::
+
+        engine = Engine(graph, store, project=root, out_dir=root / "out", executor=LocalExecutor())
+    """
+
+    name = "local"
+    #: Whether chains of misses run in one process (only the local executor fuses).
+    fuse: bool = False
+
+    def submit(self, job: StepJob) -> Submitted:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def unmet(self, requirements: Any) -> str | None:
+        from .step import unmet_requirement
+
+        return unmet_requirement(requirements)
+
+    def check(self, graph: Any, order: list[str], *, keep_going: bool) -> None:
+        """Raise a ModelbuildError if the build cannot run here at all (default: it can)."""
+
+    def stop_pending(self) -> None:
+        """Cancel jobs submitted but not started (default: none wait)."""
+
+    def settled(self, target: str) -> None:
+        """``target`` is done in this build (built, cached, failed or skipped): what was
+        kept for it can go (the local executor's fused sessions, fused.py)."""
+
+    def cancel_all(self) -> None:
+        """Stop every job, running or not (Ctrl-C)."""
+
+    def close(self) -> None:
+        """Release what the executor holds (connections)."""
+
+
+class _LocalRun(Submitted):
+    def __init__(self, job: StepJob) -> None:
+        self._job = job
+
+    def result(self) -> JobOutcome:
+        # The engine's own thread waits here, so the step process starts now.
+        return run_job(self._job.job, self._job.job_dir, self._job.on_progress)
+
+    def cancel(self) -> None:
+        terminate_all()  # step processes are not told apart: only Ctrl-C cancels locally
+
+
+class LocalExecutor(Executor):
+    """The default: each step in a child process of this build (:func:`run_job`).
+
+    With ``fuse`` (default: on unless ``MODELBUILD_FUSE=0``) a chain of misses
+    whose steps hand their output in memory (``Step.keeps_value`` feeding an
+    ``Input(in_memory=True)``) runs in one long-lived worker process, the value
+    going from step to step without a save and a load in between (fused.py).
+    """
+
+    def __init__(self, fuse: bool | None = None) -> None:
+        self.fuse = fuse if fuse is not None else os.environ.get(FUSE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+        self._sessions = None  # fused.Sessions, made by check() when fusing
+
+    def check(self, graph: Any, order: list[str], *, keep_going: bool) -> None:
+        if self._sessions is not None:
+            self._sessions.close()
+            self._sessions = None
+        if self.fuse:
+            from .fused import Sessions
+
+            sessions = Sessions(graph, order)
+            self._sessions = sessions if sessions.chains else None
+
+    def submit(self, job: StepJob) -> Submitted:
+        if self._sessions is not None:
+            return self._sessions.submit(job)
+        return _LocalRun(job)
+
+    def settled(self, target: str) -> None:
+        if self._sessions is not None:
+            self._sessions.settled(target)
+
+    def cancel_all(self) -> None:
+        terminate_all()
+
+    def close(self) -> None:
+        if self._sessions is not None:
+            self._sessions.close()
+            self._sessions = None
+
+
+#: ``MODELBUILD_FUSE=0`` runs every step in its own process (``--no-fuse``).
+FUSE_ENV = "MODELBUILD_FUSE"

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from .artifacts import ANY
+from .devtools import apply_asks
 from .errors import RecipeError, closest
 from .plugins import Registry, StepInfo
 from .recipe import Recipes, Target
@@ -92,6 +93,8 @@ class BuildGraph:
             )
         for node in nodes.values():
             _check_step(node, nodes)
+        # What consumers ask of their producers (e.g. an ETRecord for profile/validate): decided here, once.
+        apply_asks(nodes)
         return cls(recipes, nodes, edges)
 
     @property

@@ -91,6 +91,7 @@ class History:
             "verdict": result.verdict,
             "command": result.command,
             "blocked_by": asdict(result.blocked_by) if result.blocked_by else None,
+            "worker": getattr(result, "worker", None),  # the Dask worker that ran it (docs/distributed.md)
             "when": time.time(),
         }
         if key is not None:

@@ -50,7 +50,7 @@ from typing import Callable
 from .errors import CacheCorrupt, StoreError
 from .hashing import Entry, Manifest, StatCache, hash_bytes, iter_files
 
-__all__ = ["materialize", "remove_materialized", "remove_tree", "preferred_method", "CtimeGuard",
+__all__ = ["materialize", "remove_materialized", "remove_tree", "preferred_method", "place_file", "CtimeGuard",
            "CANONICAL_MTIME_NS", "METHODS", "MODE_ENV"]
 
 #: Every blob (and every copy made from one) carries this mtime:
@@ -210,30 +210,50 @@ def _holds(dest: Path, manifest: Manifest, blobs: dict[str, tuple[Path, os.stat_
     return True
 
 
-def _place(blob: Path, dst: Path, e: Entry, method: str, stat_cache: StatCache) -> str:
-    """Put one blob at ``dst`` by ``method`` or a weaker one; return what worked."""
+def place_file(src: Path, dst: Path, method: str = "reflink", *, hardlink: bool = True) -> str:
+    """Put ``src``'s content at ``dst`` (which must not exist) by ``method`` or a weaker one.
+
+    The one place that decides how a file is placed without copying its bytes,
+    used for ``out/`` and by steps that pass a file on (``fetch`` of a local
+    directory, ``package``). Order: ``reflink`` (a copy-on-write clone: a
+    private inode, so later edits of either side cannot reach the other),
+    ``hardlink`` (the same inode: only for a file nobody edits in place, such
+    as a read-only blob; ``hardlink=False`` skips it), ``copy``. Returns the
+    method that worked. Modes and mtimes are left as the method gives them.
+
+    Example: ``place_file(user_file, out / "model.safetensors", hardlink=False)``
+    clones on btrfs/XFS and copies on ext4.
+    """
+    if method not in METHODS:
+        raise StoreError(f"unknown placement method {method!r}: expected one of {', '.join(METHODS)}")
     if method == "reflink":
         try:
-            with open(blob, "rb") as src, open(dst, "wb") as out:
-                fcntl.ioctl(out.fileno(), FICLONE, src.fileno())
+            with open(src, "rb") as source, open(dst, "wb") as out:
+                fcntl.ioctl(out.fileno(), FICLONE, source.fileno())
         except OSError as err:
             dst.unlink(missing_ok=True)
             if err.errno not in _NO_REFLINK:
                 raise
             method = "hardlink"
         else:
-            _finish_copy(dst, e, stat_cache)
             return "reflink"
-    if method == "hardlink":
+    if method == "hardlink" and hardlink:
         try:
-            os.link(blob, dst)
+            os.link(src, dst)
             return "hardlink"
         except OSError as err:
             if err.errno not in _NO_LINK:
                 raise
-    shutil.copyfile(blob, dst)
-    _finish_copy(dst, e, stat_cache)
+    shutil.copyfile(src, dst)
     return "copy"
+
+
+def _place(blob: Path, dst: Path, e: Entry, method: str, stat_cache: StatCache) -> str:
+    """Put one blob at ``dst`` by ``method`` or a weaker one; return what worked."""
+    got = place_file(blob, dst, method)
+    if got != "hardlink":
+        _finish_copy(dst, e, stat_cache)
+    return got
 
 
 _WRITABLE = statmod.S_IWUSR | statmod.S_IWGRP | statmod.S_IWOTH

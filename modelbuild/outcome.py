@@ -141,6 +141,10 @@ class TargetResult:
     peak_rss_bytes: int | None = None
     #: For SKIPPED: the input that produced nothing, and whether that was a failure.
     blocked_by: Blocker | None = None
+    #: The Dask worker that ran the step (None: run here, or not run in this build).
+    worker: str | None = None
+    #: CACHED from the shared remote cache in this build (fetched, verified), not from the local store.
+    remote_hit: bool = False
 
     @property
     def ok(self) -> bool:
@@ -177,6 +181,8 @@ class BuildResult:
     #: When a time-bound resolution of this build (a Hub branch's commit) stops being good
     #: (``time.time_ns()``); the no-op fast path claims nothing past it. None: nothing time-bound.
     valid_until_ns: int | None = None
+    #: Warnings for people, one line each (e.g. the remote cache was unreachable: built locally).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -206,5 +212,6 @@ class BuildResult:
             "unavailable_requested": self.unavailable_requested,
             "duration_s": round(self.duration_s, 3),
             "counts": self.counts(),
+            "warnings": list(self.warnings),
             "targets": {name: r.to_json() for name, r in self.targets.items()},
         }

@@ -179,12 +179,21 @@ def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def _scan_entry_points() -> list[tuple[str, str, _DistName]] | None:
-    """(name, "module:attr", distribution) of every ``modelbuild.steps`` entry
-    point, in ``sys.path`` order; None where only importlib.metadata can tell."""
+def _reads_sys_path(finder: Any) -> bool:
+    """The ``importlib_metadata`` backport's finder (installed by importing it,
+    as dask and others do) lists the same ``sys.path`` distributions as the
+    standard library's ``PathFinder``: no reason to give up the fast scan."""
+    cls = type(finder)
+    return cls.__module__ == "importlib_metadata" and cls.__name__ == "MetadataPathFinder"
+
+
+def _scan_entry_points(group: str = GROUP) -> list[tuple[str, str, _DistName]] | None:
+    """(name, "module:attr", distribution) of every entry point of ``group``
+    (``modelbuild.steps``, ``modelbuild.backends``), in ``sys.path`` order;
+    None where only importlib.metadata can tell."""
     from importlib.machinery import PathFinder
 
-    if any(f is not PathFinder and hasattr(f, "find_distributions") for f in sys.meta_path):
+    if any(f is not PathFinder and hasattr(f, "find_distributions") and not _reads_sys_path(f) for f in sys.meta_path):
         return None  # e.g. a zipimport-style finder that lists distributions of its own
     seen: set[str] = set()
     found = []
@@ -208,7 +217,7 @@ def _scan_entry_points() -> list[tuple[str, str, _DistName]] | None:
                     text = fh.read()
             except OSError:
                 continue
-            if GROUP not in text:
+            if group not in text:
                 continue
             section = None
             for line in text.splitlines():
@@ -217,7 +226,7 @@ def _scan_entry_points() -> list[tuple[str, str, _DistName]] | None:
                     continue
                 if line.startswith("[") and line.endswith("]"):
                     section = line[1:-1].strip()
-                elif section == GROUP and "=" in line:
+                elif section == group and "=" in line:
                     name, _, value = line.partition("=")
                     found.append((name.strip(), value.strip(), _DistName(path)))
     return found

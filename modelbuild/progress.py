@@ -27,6 +27,8 @@ def format_result_line(r: TargetResult) -> str:
     status = r.status.upper() if r.status == "failed" else r.status
     timing = f"{r.duration_s:6.1f}s" if r.status == "built" or r.duration_s else "       "
     text = f"{status:<11} {r.name:<28} {r.step:<9} {timing}  {r.reason}"
+    if getattr(r, "worker", None):  # run on a Dask worker (docs/distributed.md)
+        text += f" [on {r.worker}]"
     if r.log and r.status == "failed":
         text += f" [log: {r.log}]"
     if r.command and r.status == "unavailable":
@@ -37,6 +39,9 @@ def format_result_line(r: TargetResult) -> str:
 def format_summary(result: BuildResult) -> str:
     counts = result.counts()
     parts = [f"{n} {s}" for s, n in counts.items() if n]
+    remote = sum(1 for r in result.targets.values() if getattr(r, "remote_hit", False))
+    if remote:  # "3 cached (2 from the remote cache)"
+        parts = [p + f" ({remote} from the remote cache)" if p.endswith(" cached") else p for p in parts]
     return f"{len(result.targets)} target(s): {', '.join(parts) or 'nothing to do'} in {result.duration_s:.2f} s"
 
 

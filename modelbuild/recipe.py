@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from .errors import RecipeError, closest
 
 __all__ = ["Target", "Recipes", "load_recipes", "parse_override", "RESERVED_KEYS"]
@@ -40,21 +38,82 @@ _VAR = re.compile(VAR_REFERENCE)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class _TargetTable(BaseModel):
-    """The reserved keys of a target table; everything else passes as params."""
+@dataclass(frozen=True)
+class _TargetTable:
+    """The reserved keys of a target table; everything else (``extra``) passes as params."""
 
-    model_config = ConfigDict(extra="allow")
-    step: str | None = None
-    inputs: dict[str, str | list[str]] | str | None = None
-    extends: str | None = None
-    description: str | None = None
+    step: str | None
+    inputs: dict[str, str | list[str]] | str | None
+    extends: str | None
+    description: str | None
+    extra: dict[str, Any]
 
 
-class _RecipeFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    default: str | None = None
-    vars: dict[str, Any] = Field(default_factory=dict)
-    targets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+@dataclass(frozen=True)
+class _RecipeFile:
+    default: str | None
+    vars: dict[str, Any]
+    targets: dict[str, dict[str, Any]]
+
+
+# The two shapes above are checked by hand rather than by pydantic models:
+# building a model class costs more than the rest of recipe loading, and every
+# build, a no-op included, loads the recipes.
+
+
+def _type_name(value: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _optional_str(table: dict[str, Any], key: str, where: str) -> str | None:
+    value = table.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _ShapeError(f"{where}{key}", f"must be a string (got {_type_name(value)} {value!r})")
+    return value
+
+
+class _ShapeError(Exception):
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key, self.message = key, message
+
+
+def _recipe_file(data: dict[str, Any]) -> _RecipeFile:
+    for key in data:
+        if key not in ("default", "vars", "targets"):
+            raise _ShapeError(key, "unknown key")
+    default = _optional_str(data, "default", "")
+    variables = data.get("vars", {})
+    if not isinstance(variables, dict):
+        raise _ShapeError("vars", f"must be a table (got {_type_name(variables)})")
+    targets = data.get("targets", {})
+    if not isinstance(targets, dict):
+        raise _ShapeError("targets", f"must be a table of target tables (got {_type_name(targets)})")
+    for name, table in targets.items():
+        if not isinstance(table, dict):
+            raise _ShapeError(f"targets.{name}", f"must be a table (got {_type_name(table)})")
+    return _RecipeFile(default=default, vars=variables, targets=targets)
+
+
+def _target_table(table: dict[str, Any]) -> _TargetTable:
+    inputs = table.get("inputs")
+    if inputs is not None and not isinstance(inputs, str):
+        if not isinstance(inputs, dict):
+            raise _ShapeError("inputs", "must be a target name or a table of slot = target name(s) "
+                              f"(got {_type_name(inputs)} {inputs!r})")
+        for slot, names in inputs.items():
+            if isinstance(names, list) and all(isinstance(n, str) for n in names):
+                continue
+            if not isinstance(names, str):
+                raise _ShapeError(f"inputs.{slot}", f"must be a target name or a list of them (got {names!r})")
+    return _TargetTable(
+        step=_optional_str(table, "step", ""),
+        inputs=inputs,
+        extends=_optional_str(table, "extends", ""),
+        description=_optional_str(table, "description", ""),
+        extra={k: v for k, v in table.items() if k not in RESERVED_KEYS},
+    )
 
 
 @dataclass(frozen=True)
@@ -130,13 +189,10 @@ def _read_file(path: Path, root: Path) -> _RecipeFile:
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"invalid TOML: {exc}", file=shown) from exc
     try:
-        return _RecipeFile.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        suggestion = closest(str(err["loc"][0]), ["default", "vars", "targets"]) if err["type"] == "extra_forbidden" else None
-        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise RecipeError(message, file=shown, key=loc, suggestion=suggestion) from exc
+        return _recipe_file(data)
+    except _ShapeError as exc:
+        suggestion = closest(exc.key, ["default", "vars", "targets"]) if exc.message == "unknown key" else None
+        raise RecipeError(exc.message, file=shown, key=exc.key, suggestion=suggestion) from None
 
 
 def _substitute(value: Any, variables: dict[str, Any], file: str, key: str) -> Any:
@@ -225,11 +281,9 @@ def load_recipes(
     for name, (shown, table) in raw.items():
         table = _substitute(table, variables, shown, f"targets.{name}")
         try:
-            tables[name] = (shown, _TargetTable.model_validate(table))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise RecipeError(err["msg"], file=shown, key=f"targets.{name}.{loc}") from exc
+            tables[name] = (shown, _target_table(table))
+        except _ShapeError as exc:
+            raise RecipeError(exc.message, file=shown, key=f"targets.{name}.{exc.key}") from None
 
     result = Recipes(root=root, files=files)
     for name in tables:
@@ -249,7 +303,7 @@ def load_recipes(
 def _resolve(name: str, tables: dict[str, tuple[str, _TargetTable]], chain: list[str]) -> Target:
     shown, table = tables[name]
     key = f"targets.{name}"
-    params = dict(table.model_extra or {})
+    params = dict(table.extra)
     inputs: dict[str, str | list[str]] = {}
     step = table.step
     description = table.description

@@ -44,7 +44,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar, Mapping
+from typing import IO, Any, Callable, ClassVar, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
@@ -80,13 +80,16 @@ class Input:
 
     ``kinds`` lists the artifact kinds accepted (``"any"`` accepts all);
     ``many`` makes the slot a list of artifacts; ``optional`` lets a recipe
-    leave it out.
+    leave it out; ``in_memory`` says ``run`` reads it with
+    :meth:`StepContext.input_value`, so a producer that keeps its value
+    (``Step.keeps_value``) can hand it over in a fused session.
     """
 
     kinds: tuple[str, ...]
     optional: bool = False
     many: bool = False
     doc: str = ""
+    in_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,16 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
 
 
+class _Nothing:
+    """No value kept (``None`` may be a value)."""
+
+    def __repr__(self) -> str:
+        return "NOTHING"
+
+
+NOTHING: Any = _Nothing()
+
+
 class StepContext:
     """What ``Step.run`` gets.
 
@@ -163,6 +176,11 @@ class StepContext:
     - ``project``: the project root (the directory holding ``recipes/``)
     - ``downloads``: a directory that survives across runs, for partial
       downloads a step can resume (never part of the artifact)
+
+    In-memory hand-over (fused execution, docs/plugins.md): ``input_value(slot,
+    load)`` gives the value the producer kept, else ``load(path)`` of the
+    input's files; ``keep_value(obj)`` offers this step's output to its
+    consumer in the same process (a no-op when none will take it).
     """
 
     def __init__(
@@ -178,6 +196,8 @@ class StepContext:
         project: Path,
         downloads: Path | None = None,
         progress_stream: IO[str] | None = None,
+        values: Mapping[str, Any] | None = None,
+        keep: bool = False,
     ) -> None:
         self.target = target
         self.params = params
@@ -191,6 +211,38 @@ class StepContext:
         self.summary = ""
         self._progress = progress_stream
         self._last_progress = 0.0
+        self._values = dict(values or {})
+        self._keep = keep
+        #: The value offered by :meth:`keep_value` (NOTHING: none, or nobody takes it).
+        self.kept: Any = NOTHING
+
+    def input_value(self, slot: str, load: Callable[[Path], Any]) -> Any:
+        """The in-memory value of input ``slot`` if its producer handed one over, else ``load(path)``.
+
+        The value is what ``load`` would return for the input's files (the
+        producer promises it), and it is given once: the step may change it.
+        Example: ``ep, info, example = ctx.input_value("program", load_program)``.
+        """
+        if slot in self._values:
+            return self._values.pop(slot)
+        artifact = self.inputs[slot]
+        if isinstance(artifact, list):
+            raise TypeError(f"input {slot!r} is a list of artifacts; input_value takes a single one")
+        return load(artifact.path)
+
+    def keep_value(self, value: Any) -> None:
+        """Offer ``value`` (what loading the files now in ``out`` gives) to this step's consumer.
+
+        Call it once the output files are complete. In a fused session whose
+        next step takes this output in memory, the value is handed to it
+        instead of being loaded again; otherwise it is not held at all.
+        """
+        if self._keep:
+            self.kept = value
+
+    def release_inputs(self) -> None:
+        """Let go of values handed over but not taken (the step ended)."""
+        self._values.clear()
 
     def log(self, message: str) -> None:
         """Write a line to the step's log (kept with the build's records)."""
@@ -270,6 +322,10 @@ class Step:
     #: Parameters that only judge a cached result (thresholds): they stay out of
     #: the action key, so changing them re-judges without rerunning.
     judge_params: ClassVar[frozenset[str]] = frozenset()
+    #: ``run`` offers its output in memory (``ctx.keep_value``) to a consumer whose
+    #: input slot has ``in_memory=True``: a chain of misses then runs in one
+    #: process (fused execution; the files are written as always).
+    keeps_value: ClassVar[bool] = False
 
     Params: ClassVar[type[Params]] = Params
 

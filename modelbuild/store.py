@@ -13,6 +13,11 @@ Layout of a cache directory::
     logs/<target>.log     step logs
     downloads/            the fetch step's download cache
 
+A shared remote tier (remote.py, ``--remote-cache``) may sit behind it:
+``store.remote`` is asked for the records this store lacks, their blobs are
+pulled (verified) when materialized, and ``put_action`` uploads with
+``--remote-upload``.
+
 Crash safety: a blob is fsynced, then renamed into place (and its directory
 fsynced); the action record is written last. A kill at any moment leaves
 either a complete record with durable blobs, or no record (a miss), plus
@@ -46,7 +51,7 @@ from typing import Any
 import diskcache
 
 from . import materialize as _mat
-from .errors import CacheCorrupt, StoreError
+from .errors import CacheCorrupt, ModelbuildError, StoreError
 from .hashing import PREFIX, Entry, Manifest, StatCache, hash_bytes, hash_file, iter_files
 
 __all__ = ["Store", "ActionRecord", "RECORD_FORMAT"]
@@ -141,6 +146,9 @@ class Store:
         self._session_pid: int | None = None
         self._session_guard = threading.Lock()  # engines may ask from several threads
         self._dev = os.stat(self.tmp).st_dev
+        #: The shared remote tier (remote.RemoteCache), asked when this store has no record for a key;
+        #: None: local only. Set by api.build / plan / cache_pull from --remote-cache or the project config.
+        self.remote: Any = None
         self._clean_stale_tmp()
 
     # -- scratch ---------------------------------------------------------
@@ -209,7 +217,7 @@ class Store:
         hexd = digest[len(PREFIX):]
         return self.blobs / hexd[:2] / (hexd[2:] + ("-x" if executable else ""))
 
-    def ingest(self, directory: Path) -> Manifest:
+    def ingest(self, directory: Path, *, hashed: dict[str, str] | None = None) -> Manifest:
         """Move a finished step output into the store; return its manifest.
 
         Each file is made read-only, given the canonical mtime, hashed,
@@ -217,6 +225,8 @@ class Store:
         blob is already there). ``directory`` is removed on success. On a
         write error (disk full, ...) raises StoreError; blobs already moved are
         complete and fsynced, and no action record refers to them.
+        ``hashed`` maps relative paths to digests the caller has just computed
+        of files only it can write (remote.py's verified downloads): not hashed twice.
         """
         directory = Path(directory)
         entries: list[Entry] = []
@@ -232,7 +242,7 @@ class Store:
             raise StoreError(f"cannot store {directory}: {err.strerror or err}") from err
         for rel, item in iter_files(directory):
             try:
-                entries.append(self._ingest_file(Path(item.path), rel, dirs))
+                entries.append(self._ingest_file(Path(item.path), rel, dirs, (hashed or {}).get(rel)))
             except OSError as err:
                 raise StoreError(f"cannot store {rel}: {err.strerror or err}") from err
         try:
@@ -243,7 +253,7 @@ class Store:
             raise StoreError(f"cannot store {directory}: {err.strerror or err}") from err
         return Manifest(entries)
 
-    def _ingest_file(self, src: Path, rel: str, dirs: set[Path]) -> Entry:
+    def _ingest_file(self, src: Path, rel: str, dirs: set[Path], known: str | None = None) -> Entry:
         st0 = os.lstat(src)
         exe = bool(st0.st_mode & statmod.S_IXUSR)
         if st0.st_dev != self._dev:
@@ -254,7 +264,7 @@ class Store:
         fd = os.open(src, os.O_RDONLY)
         try:
             st1 = os.fstat(fd)
-            digest = hash_file(src)
+            digest = known or hash_file(src)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -296,8 +306,13 @@ class Store:
 
     # -- action records --------------------------------------------------
 
-    def put_action(self, record: ActionRecord) -> None:
-        """Store an action record; its blobs must already be in the store."""
+    def put_action(self, record: ActionRecord, *, upload: bool = True) -> None:
+        """Store an action record; its blobs must already be in the store.
+
+        With a remote tier that uploads (``--remote-upload``) and ``upload``,
+        the result is then pushed there too, blobs first; a failed upload is a
+        warning on the remote (the result stays here), not an error.
+        """
         for e in record.manifest.entries:
             if not self.blob_path(e.digest, e.executable).is_file():
                 raise StoreError(f"{record.target}: blob for {e.path} is not in the store")
@@ -306,6 +321,35 @@ class Store:
             self.cache.set(_ACTION + record.key, text)
         except Exception as err:  # OSError, sqlite3 errors, diskcache.Timeout
             raise StoreError(f"cannot write the action record of {record.target}: {err}") from err
+        if upload and self.remote is not None and self.remote.upload:
+            self._upload(record)
+
+    def _upload(self, record: ActionRecord) -> None:
+        from .remote import RemoteUnavailable
+
+        if self.remote.down is not None and not self.remote.required:
+            return  # already warned once: "remote cache ... unreachable ...; building locally"
+        try:
+            self.remote.push(record, self)
+        except RemoteUnavailable as err:
+            if self.remote.required:
+                raise
+            self.remote._warn(f"not uploaded: {record.target}: {err}")
+        except ModelbuildError as err:
+            self.remote._warn(f"not uploaded: {record.target}: {err}")
+
+    def remote_action(self, key: str) -> ActionRecord | None:
+        """The remote tier's record for ``key`` when this store has none (None: no remote, or not there).
+
+        Its blobs are fetched, verified, when it is materialized (:meth:`materialize`).
+        """
+        return self.remote.find(key) if self.remote is not None else None
+
+    def from_remote(self, key: str) -> str | None:
+        """The (redacted) URL of the remote that ``key``'s result came from in this process, else None."""
+        if self.remote is not None and self.remote.found(key):
+            return self.remote.shown
+        return None
 
     def get_action(self, key: str) -> ActionRecord | None:
         """The record stored under ``key``; None if absent or of an older format.
@@ -354,8 +398,12 @@ class Store:
         """Make ``dest`` hold exactly ``manifest`` (see :mod:`modelbuild.materialize`).
 
         Returns "reflink", "hardlink" or "copy"; "unchanged" when ``dest``
-        already held it; "empty" for a manifest without files.
+        already held it; "empty" for a manifest without files. A manifest found
+        on the remote tier is first pulled into this store (each blob verified;
+        CacheCorrupt if one is missing or corrupt there).
         """
+        if self.remote is not None:
+            self.remote.settle(manifest, self)
         return _mat.materialize(manifest, dest, blob_path=self.blob_path,
                                 stat_cache=self.stat_cache, lock_dir=self.locks)
 

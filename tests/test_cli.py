@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_list_build_plan_explain_graph(chain):
     out = run_cli("list", cwd=chain.root)
     assert out.returncode == 0
@@ -31,6 +33,7 @@ def test_list_build_plan_explain_graph(chain):
     assert t.stdout.splitlines()[0] == "c (command -> files)"
 
 
+@pytest.mark.slow
 def test_steps_schema_cache_clean(chain):
     s = run_cli("steps", "--json", cwd=chain.root)
     steps = {x["name"]: x for x in json.loads(s.stdout)}
@@ -49,6 +52,7 @@ def test_steps_schema_cache_clean(chain):
     assert json.loads(again.stdout)["counts"]["built"] == 3
 
 
+@pytest.mark.slow
 def test_cache_dir_override(chain, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     b = run_cli("build", "--cache-dir", str(elsewhere), cwd=chain.root)
@@ -68,6 +72,7 @@ def test_cache_dir_override(chain, tmp_path):
     assert json.loads(flag.stdout)["counts"]["cached"] == 3 and not unused.exists()
 
 
+@pytest.mark.slow
 def test_noop_build_never_imports_heavy_packages(chain):
     assert run_cli("build", cwd=chain.root).returncode == 0
     probe = (
@@ -82,6 +87,7 @@ def test_noop_build_never_imports_heavy_packages(chain):
         time.sleep(2.1)
 
 
+@pytest.mark.slow
 def test_noop_fast_path_notices_changes(chain):
     assert run_cli("build", cwd=chain.root).returncode == 0
     time.sleep(2.1)
@@ -135,6 +141,7 @@ def test_errors_go_to_stderr_with_exit_1(chain, capsys):
     assert out == "" and err.startswith("error: ") and "nosuch" in err
 
 
+@pytest.mark.slow
 def test_clean_and_build_take_out_dir(chain, tmp_path, capsys):
     from modelbuild.cli import main
 
@@ -201,6 +208,7 @@ def test_live_renderer_colour_follows_the_flag():
     assert LiveRenderer(io.StringIO(), color=True).console.no_color is False
 
 
+@pytest.mark.slow
 def test_plain_noop_is_answered_before_click_and_agrees_with_it(chain):
     """`build [TARGET...] [-q] [-j N] [-k]` skips click's import when the fast path proves a no-op; with
     any other option (or a bad -j value) click parses the line, and the same recorded no-op answers."""

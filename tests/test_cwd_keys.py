@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import json
 
 from tests.conftest import run_cli
@@ -30,6 +31,7 @@ def _keys(project, cwd) -> dict[str, tuple[str, str | None]]:
     return {r["target"]: (r["decision"], r["key"]) for r in json.loads(p.stdout)["rows"]}
 
 
+@pytest.mark.slow
 def test_same_keys_from_the_project_and_from_elsewhere(project, tmp_path):
     project.recipe(RECIPE)
     project.file("data.txt", "data\n")

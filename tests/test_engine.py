@@ -10,6 +10,7 @@ import pytest
 from modelbuild.plugins import Registry, StepInfo
 
 
+@pytest.mark.slow
 def test_first_build_then_noop(chain):
     first = chain.build()
     assert chain.statuses(first) == {"a": "built", "b": "built", "c": "built"}
@@ -20,6 +21,7 @@ def test_first_build_then_noop(chain):
     assert second.targets["c"].digest == first.targets["c"].digest
 
 
+@pytest.mark.slow
 def test_param_change_reruns_downstream_with_reason(chain):
     chain.build()
     result = chain.build(overrides=["vars.greeting=bye"])
@@ -28,6 +30,7 @@ def test_param_change_reruns_downstream_with_reason(chain):
     assert result.targets["b"].reason.startswith("input changed: src (digest ")
 
 
+@pytest.mark.slow
 def test_early_cutoff(chain):
     """A rebuilt step with byte-identical output leaves its dependents as hits."""
     chain.build()
@@ -37,6 +40,7 @@ def test_early_cutoff(chain):
     assert result.targets["a"].reason.startswith("source changed: data.txt")
 
 
+@pytest.mark.slow
 def test_revert_hits_earlier_result(chain):
     chain.build()
     chain.build(overrides=["vars.greeting=bye"])
@@ -45,6 +49,7 @@ def test_revert_hits_earlier_result(chain):
     assert result.targets["a"].reason == "cached: built before with the same inputs"
 
 
+@pytest.mark.slow
 def test_missing_output_is_restored_from_cache(chain):
     chain.build()
     from modelbuild.api import clean
@@ -56,6 +61,7 @@ def test_missing_output_is_restored_from_cache(chain):
     assert (chain.out / "c" / "c.txt").exists()
 
 
+@pytest.mark.slow
 def test_outputs_are_protected(chain):
     chain.build()
     path = chain.out / "c" / "c.txt"
@@ -63,6 +69,7 @@ def test_outputs_are_protected(chain):
     assert not (path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
+@pytest.mark.slow
 def test_corrupt_blob_is_detected_and_rebuilt(chain):
     first = chain.build()
     path = chain.out / "a" / "a.txt"  # a hard link to (or a reflink of) the blob
@@ -76,6 +83,7 @@ def test_corrupt_blob_is_detected_and_rebuilt(chain):
     assert result.targets["c"].status == "cached"
 
 
+@pytest.mark.slow
 def test_failure_keeps_log_and_skips_downstream(project):
     project.recipe("""
         [targets.bad]
@@ -114,6 +122,7 @@ def test_stop_after_failure_without_keep_going(project):
     assert result.targets["z"].status == "skipped"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_name, fragment", [("SEGV", "SIGSEGV"), ("KILL", "SIGKILL (out of memory?)")])
 def test_crash_of_step_process_fails_only_that_target(project, signal_name, fragment):
     # The shell's parent is the step's worker process: this is a crash in the step itself.
@@ -158,6 +167,7 @@ def test_symlink_output_is_refused(project):
     assert "passwd" in result.targets["link"].reason
 
 
+@pytest.mark.slow
 def test_parallel_independent_steps(project):
     project.recipe("""
         [targets.x]
@@ -181,6 +191,7 @@ def test_parallel_independent_steps(project):
 
 
 
+@pytest.mark.slow
 def test_parallel_steps_share_the_cores(project, monkeypatch):
     """Each step process gets cores // (steps running), so torch in each starts that many threads."""
     monkeypatch.setattr("modelbuild.engine.os.cpu_count", lambda: 4)
@@ -205,6 +216,7 @@ def test_parallel_steps_share_the_cores(project, monkeypatch):
     assert together.ok and alone.ok
 
 
+@pytest.mark.slow
 def test_head_of_the_longest_chain_starts_first(project):
     project.recipe("""
         [targets.a-leaf]
@@ -353,6 +365,7 @@ def test_require_validation_fails_unvalidated(project, plugins):
     assert not strict.ok
 
 
+@pytest.mark.slow
 def test_report_gives_each_run_step_its_peak_rss(project):
     """The step's own peak RSS (including what it waited for) is in the report; cached steps have none.
 

@@ -35,6 +35,7 @@ def mac_project(project, tmp_path, monkeypatch):
     return project
 
 
+@pytest.mark.slow
 def test_named_unavailable_target_exits_3(mac_project):
     out = run_cli("build", "mac", cwd=mac_project.root)
     assert out.returncode == 3, out.stderr
@@ -43,6 +44,7 @@ def test_named_unavailable_target_exits_3(mac_project):
     assert again.returncode == 3, again.stderr
 
 
+@pytest.mark.slow
 def test_named_target_skipped_for_an_unavailable_input_exits_3(mac_project):
     out = run_cli("build", "after", "fine", cwd=mac_project.root)
     assert out.returncode == 3, out.stderr
@@ -63,11 +65,13 @@ def test_skip_unavailable_keeps_exit_0(mac_project):
     assert "needs macOS" in out.stderr
 
 
+@pytest.mark.slow
 def test_failure_wins_over_unavailable(mac_project):
     out = run_cli("build", "-k", "mac", "bad", cwd=mac_project.root)
     assert out.returncode == 1, out.stderr
 
 
+@pytest.mark.slow
 def test_where_the_host_can_it_builds(mac_project):
     out = run_cli("build", "mac", "after", cwd=mac_project.root, env={"MODELBUILD_HOST_PLATFORM": "macos"})
     assert out.returncode == 0, out.stderr
@@ -78,6 +82,7 @@ def test_usage_error_exits_2(mac_project):
     assert out.returncode == 2
 
 
+@pytest.mark.slow
 def test_interrupt_exits_130(project):
     """Ctrl-C during a build: one line, exit 130 (click's Abort is mapped back)."""
     import signal

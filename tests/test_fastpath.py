@@ -56,6 +56,7 @@ command = "cat {project}/a.txt > $MODELBUILD_OUT/o; echo edited > {project}/b.tx
 """
 
 
+@pytest.mark.slow
 def test_a_source_edited_after_it_was_read_is_not_up_to_date(project, monkeypatch):
     """``second`` edits ``first``'s source after ``first`` read it: the next
     build must not be a no-op, and must rebuild ``first`` with the new text."""
@@ -118,6 +119,7 @@ def _wait_for(path, condition: str = "-f") -> str:
     return f"i=0; until {test}; do i=$((i+1)); [ $i -gt 6000 ] && exit 3; sleep 0.01; done"
 
 
+@pytest.mark.slow
 def test_a_step_whose_source_changes_while_it_runs_is_not_cached(project, tmp_path):
     """``reader`` was keyed with b.txt = "old", then ``writer`` changes b.txt
     before ``reader`` reads it: the result must not be stored under the key
@@ -198,6 +200,7 @@ def test_a_change_within_one_clock_tick_is_caught_by_content(project, monkeypatc
     assert "b.txt changed while the step ran" in result.targets["r"].reason
 
 
+@pytest.mark.slow
 def test_the_issue_reproduction_through_the_cli(project, tmp_path):
     """The issue's recipe: ``a`` is slow and (here, itself) edits b.txt after
     ``b`` has been built from it, then runs on for longer than the racy
@@ -237,6 +240,7 @@ def test_the_issue_reproduction_through_the_cli(project, tmp_path):
     assert (project.out / "b" / "o").read_text() == "new\n"
 
 
+@pytest.mark.slow
 def test_fast_path_watches_the_step_code_closure(chain):
     """The code the fingerprint covers is what the fast path re-stats."""
     from modelbuild.plugins import Registry
@@ -248,6 +252,7 @@ def test_fast_path_watches_the_step_code_closure(chain):
     assert any(p.endswith("modelbuild/step.py") for p in result.watched)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit", ["helper", "step"])
 def test_fast_path_notices_an_edit_of_the_plugin_code(project, tmp_path, edit):
     """A plugin whose helper module is imported inside run(): editing it makes
@@ -281,6 +286,7 @@ def test_fast_path_notices_an_edit_of_the_plugin_code(project, tmp_path, edit):
     assert "step code changed" in again.stderr, again.stderr
 
 
+@pytest.mark.slow
 def test_no_op_never_parses_or_imports_plugins(chain):
     """The fast path stays light: no pydantic, no step plugins, no source parsed.
 

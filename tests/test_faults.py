@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ def _wait_for(path, timeout=60):
     return False
 
 
+@pytest.mark.slow
 def test_kill_minus_9_mid_step_leaves_cache_consistent(project):
     """A step killed with the tool leaves no record: the same command, rebuilt, runs again.
 
@@ -76,6 +78,7 @@ def _is_ours(pid: str, project) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_two_builders_run_a_step_once(project):
     project.recipe("""
         [targets.once]

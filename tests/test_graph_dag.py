@@ -3,6 +3,7 @@ keep start-up cheap): build order, ancestors, descendants and cycles."""
 
 from __future__ import annotations
 
+import pytest
 import networkx as nx
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,6 +29,7 @@ def dags(draw):
     return edges
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(dags(), st.data())
 def test_order_and_reach_match_networkx(edges, data):
@@ -43,6 +45,7 @@ def test_order_and_reach_match_networkx(edges, data):
     assert _find_cycle(edges) == []
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(dags(), st.data())
 def test_a_back_edge_is_found_as_a_cycle(edges, data):

@@ -110,6 +110,7 @@ def test_manifest_digest_is_independent_of_listing_order(es, rnd):
     assert Manifest(listed) == Manifest(shuffled)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(entries, st.data())
 def test_any_change_of_path_mode_or_content_changes_the_digest(es, data):

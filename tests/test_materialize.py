@@ -216,6 +216,7 @@ def test_a_copy_made_writable_is_placed_again(store, tmp_path, monkeypatch):
     _assert_private_read_only(store, m, dest)
 
 
+@pytest.mark.slow
 def test_next_build_replaces_an_edited_copy_even_on_the_no_op_path(chain, monkeypatch):
     """Through the CLI: the no-op fast path watches out/, so an edited copy is restored."""
     env = {mat.MODE_ENV: "copy"}
@@ -314,6 +315,7 @@ _trees = st.dictionaries(
 ).filter(lambda t: not any(a != b and b.startswith(a + "/") for a in t for b in t))
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(_trees)
 def test_ingest_then_materialize_reproduces_any_tree(tmp_path, tree):
@@ -353,6 +355,7 @@ def two_manifests(store):
     return m1, m2
 
 
+@pytest.mark.slow
 def test_kill_9_during_restores_leaves_the_old_or_the_new_tree(store, tmp_path):
     import json
     import signal
@@ -478,3 +481,30 @@ def test_real_reflink_shares_blocks_and_is_read_only(reflink_dir, monkeypatch):
         monkeypatch.setenv(mat.MODE_ENV, "copy")
         assert s.materialize(m, reflink_dir / "out" / "c") == "copy"
         assert not _extents_shared(reflink_dir / "out" / "c" / "model.pte")
+
+
+def test_real_reflink_clones_a_local_fetch_and_a_package_input(reflink_dir, monkeypatch):
+    """fetch and package place files by the same decision: on XFS, clones (shared blocks, own inodes)."""
+    import json
+
+    from modelbuild.steps.fetch import FetchStep
+    from modelbuild.steps.package import PackageStep
+    from modelbuild.testing import as_artifact, run_step
+
+    monkeypatch.delenv(mat.MODE_ENV)
+    project = reflink_dir / "fetch-project"
+    (project / "ckpt").mkdir(parents=True)
+    (project / "ckpt" / "config.json").write_text("{}")
+    (project / "ckpt" / "model.safetensors").write_bytes(os.urandom(1 << 16))
+    fetched = run_step(FetchStep, {"source": "ckpt"}, {}, reflink_dir / "fetched", project=project).path
+    src, got = project / "ckpt" / "model.safetensors", fetched / "model.safetensors"
+    assert got.stat().st_ino != src.stat().st_ino and _extents_shared(got) and _extents_shared(src)
+
+    pte = reflink_dir / "pte"
+    pte.mkdir()
+    (pte / "model.pte").write_bytes(os.urandom(1 << 16))
+    (pte / "program.json").write_text(json.dumps({"kind": "module"}))
+    os.chmod(pte / "model.pte", 0o444)  # as a stored input: read-only
+    package = run_step(PackageStep, {}, {"pte": as_artifact(pte, "pte")}, reflink_dir / "pkg").path
+    assert (package / "model.pte").stat().st_ino != (pte / "model.pte").stat().st_ino
+    assert _extents_shared(package / "model.pte")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from tests import ml_guard
 
 pytest_plugins = ["pytester"]
@@ -135,6 +137,7 @@ def _outcomes(pytester, *args, **extra_files):
     return found, result
 
 
+@pytest.mark.slow
 def test_the_guard_flags_every_unmarked_use_and_only_those(pytester):
     got, _ = _outcomes(pytester)
     bad = {
@@ -157,6 +160,7 @@ def test_the_guard_flags_every_unmarked_use_and_only_those(pytester):
     assert len(got) == len(bad) + 1 + len(good)
 
 
+@pytest.mark.slow
 def test_the_subset_without_ml_is_the_same_verdict_and_skips_ml_modules(pytester):
     """-m "not ml" deselects the marked tests; the unmarked offenders still fail; and a
     module marked ml as a whole is not even imported (its import would fail here)."""

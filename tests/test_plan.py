@@ -73,6 +73,7 @@ def test_unavailable_target_downstream_of_a_miss_is_unavailable(project, steps):
     assert [rows[n].decision for n in ("src", "mac", "after")] == ["miss", "unavailable", "skipped"]
 
 
+@pytest.mark.slow
 def test_downstream_of_a_miss_is_pending(project):
     project.recipe("""
         [targets.src]
@@ -112,6 +113,7 @@ def test_an_error_is_a_failure_in_plan_and_in_build(project):
     assert not result.ok
 
 
+@pytest.mark.slow
 def test_hit_reasons_are_the_builds(chain):
     """Restoring an earlier configuration: plan and build both say it was built before."""
     plan_then_build(chain, "c")
@@ -123,6 +125,7 @@ def test_hit_reasons_are_the_builds(chain):
     assert rows["a"].reasons == ("up to date",)
 
 
+@pytest.mark.slow
 def test_plan_and_build_call_the_same_decision(chain, monkeypatch):
     from modelbuild.api import plan
     from modelbuild.engine import Engine

@@ -14,7 +14,7 @@ import modelbuild.step
 
 EXPECTED_API = {
     "build", "plan", "explain", "graph", "list_targets", "list_steps", "schema",
-    "cache_stats", "cache_verify", "cache_gc", "cache_clear", "clean", "report",
+    "cache_stats", "cache_verify", "cache_gc", "cache_clear", "cache_push", "cache_pull", "clean", "report",
     "lock", "release", "release_verify", "verify", "whence",
 }
 

@@ -81,6 +81,13 @@ def test_set_overrides_params_vars_and_inputs(project):
         ("[targets.t]\nstep = 'command'\ninputs = 3\n", "targets.t.inputs", ""),
         ("default = 'nope'\n[targets.t]\nstep = 'command'\ncommand = 'x'\n", "default", "not defined"),
         ("[targets.'bad name']\nstep = 'command'\n", "targets.bad name", "target names"),
+        ("vars = 3\n", "vars", "must be a table"),
+        ("default = 1\n", "default", "must be a string"),
+        ("targets = 'x'\n", "targets", "must be a table"),
+        ("[targets]\nt = 1\n", "targets.t", "must be a table"),
+        ("[targets.t]\nstep = 7\n", "targets.t.step", "must be a string (got an integer 7)"),
+        ("[targets.t]\nstep = 'command'\ndescription = ['a']\n", "targets.t.description", "must be a string"),
+        ("[targets.t]\nstep = 'command'\ninputs = { src = [1] }\n", "targets.t.inputs.src", "target name"),
     ],
 )
 def test_errors_name_file_and_key(project, text, key, fragment):

@@ -55,6 +55,7 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_two_releases_from_two_clean_caches_have_the_same_archive(tmp_path):
     a, b = _project(tmp_path, "a"), _project(tmp_path, "b")
     ra = release(["c", "b"], project=a.root, output=a.root / "dist")
@@ -83,6 +84,7 @@ def test_two_releases_from_two_clean_caches_have_the_same_archive(tmp_path):
     assert release_verify(ra.bundle.directory).ok
 
 
+@pytest.mark.slow
 def test_source_date_epoch_sets_the_mtime(project, monkeypatch):
     project.recipe(CHAIN)
     project.file("data.txt", "data\n")
@@ -92,6 +94,7 @@ def test_source_date_epoch_sets_the_mtime(project, monkeypatch):
         assert {m.mtime for m in tar.getmembers()} == {1700000000}
 
 
+@pytest.mark.slow
 def test_tampered_missing_and_extra_files_are_named(chain, tmp_path):
     made = release(["c"], project=chain.root, output=chain.root / "dist")
     extracted = tmp_path / "x"
@@ -127,6 +130,7 @@ def test_tampered_missing_and_extra_files_are_named(chain, tmp_path):
     assert "missing file: c/c.txt" in proc.stdout and "extra file: c/new.bin" in proc.stdout
 
 
+@pytest.mark.slow
 def test_an_archive_member_tampered_inside_a_rewritten_archive_is_named(chain, tmp_path):
     made = release(["c"], project=chain.root, output=chain.root / "dist")
     bad = tmp_path / "c.tar.gz"
@@ -140,6 +144,7 @@ def test_an_archive_member_tampered_inside_a_rewritten_archive_is_named(chain, t
     assert release_verify(bad).problems[0].startswith("tampered file: c/c.txt")
 
 
+@pytest.mark.slow
 def test_nondeterministic_step_is_named_and_refused(chain):
     chain.recipe(CLOCK, name="clock.toml")
     report = verify("after-clock", rebuild=True, project=chain.root)
@@ -166,6 +171,7 @@ def test_nondeterministic_step_is_named_and_refused(chain):
     assert "not reproducible: clock (command)" in proc.stderr
 
 
+@pytest.mark.slow
 def test_json_difference_names_the_key(chain):
     chain.recipe(CLOCK, name="clock.toml")
     report = verify("meta", rebuild=True, project=chain.root)
@@ -174,6 +180,7 @@ def test_json_difference_names_the_key(chain):
     assert d.file == "meta.json" and "JSON key when" in d.where
 
 
+@pytest.mark.slow
 def test_verify_rebuild_identical_and_against_a_bundle(chain):
     report = verify("c", rebuild=True, project=chain.root)
     assert report.ok and report.targets == {"a": "identical", "b": "identical", "c": "identical"}
@@ -187,6 +194,7 @@ def test_verify_rebuild_identical_and_against_a_bundle(chain):
     assert d.offset == 0  # "ATAD\n" vs "TAD\n"
 
 
+@pytest.mark.slow
 def test_lock_and_frozen_build(chain):
     with pytest.raises(LockStale, match="no modelbuild.lock"):
         chain.build("c", frozen=True)
@@ -228,6 +236,7 @@ def test_frozen_refuses_another_toolchain(chain):
         chain.build("c", frozen=True)
 
 
+@pytest.mark.slow
 def test_release_with_a_lock_uses_its_epoch(chain):
     made_lock = lock(["c"], project=chain.root)
     made = release(["c"], project=chain.root, output=chain.root / "dist")
@@ -235,6 +244,7 @@ def test_release_with_a_lock_uses_its_epoch(chain):
     assert made.bundle.manifest["lock"]["recipe_digest"] == made_lock.lock.recipe_digest
 
 
+@pytest.mark.slow
 def test_whence_finds_the_producer_and_its_chain(chain):
     chain.build()
     [origin] = whence(str(chain.out / "c" / "c.txt"), project=chain.root)
@@ -249,6 +259,7 @@ def test_whence_finds_the_producer_and_its_chain(chain):
     assert run_cli("whence", "b3:" + "0" * 64, cwd=chain.root).returncode == 1
 
 
+@pytest.mark.slow
 def test_provenance_and_sbom(chain):
     made = release(["c"], project=chain.root, output=chain.root / "dist")
     statement = json.loads((made.bundle.directory / "provenance.intoto.json").read_text())
@@ -268,6 +279,7 @@ def test_provenance_and_sbom(chain):
     assert "sbom.cdx.json" in byproducts
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH ssh-keygen")
 def test_signed_release_verifies_and_a_bad_signature_fails(chain, tmp_path):
     key = tmp_path / "id_ed25519"

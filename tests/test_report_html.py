@@ -257,6 +257,7 @@ def test_report_html_is_pure_python():
 # -- as a person sees it: a real browser --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_page_renders_in_a_headless_browser(tmp_path):
     """Chromium loads the page without console errors or requests; one point per measured variant per chart."""

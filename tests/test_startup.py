@@ -7,6 +7,7 @@ importlib.metadata's per-distribution objects, with the same answer.
 
 from __future__ import annotations
 
+import pytest
 import subprocess
 import sys
 from importlib import metadata
@@ -60,7 +61,21 @@ print("HEAVY=" + ",".join(m for m in ("networkx", "torch", "filelock") if m in s
 """
 
 
+@pytest.mark.slow
 def test_a_full_check_loads_only_the_plugins_its_graph_uses(chain):
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=chain.root, capture_output=True, text=True)
     assert "STEPS=modelbuild.steps.command\n" in out.stdout, out.stdout + out.stderr
     assert "HEAVY=\n" in out.stdout, out.stdout
+
+
+def test_the_importlib_metadata_backport_keeps_the_fast_scan(tmp_path, monkeypatch):
+    """Importing dask (or anything using the ``importlib_metadata`` backport)
+    adds its MetadataPathFinder to sys.meta_path; discovery must still agree."""
+    importlib_metadata = pytest.importorskip("importlib_metadata", reason="the backport is not installed here")
+    finder = importlib_metadata.MetadataPathFinder()
+    monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, finder])
+    _dist(tmp_path, "mb_c", "1.0", f"[{GROUP}]\nloud = mb_c:Loud\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = _scan_entry_points()
+    assert found is not None
+    assert ("loud", "mb_c:Loud", "mb_c") in [(n, v, d.name) for n, v, d in found]

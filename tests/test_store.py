@@ -230,6 +230,7 @@ def check_consistent(root: Path) -> None:
         s.close()
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_leaves_the_store_consistent(tmp_path):
     root = tmp_path / "c"
     for n, delay in enumerate([0.05, 0.3, 0.6, 0.9, 1.3]):

@@ -30,6 +30,7 @@ def _leftovers(project) -> tuple[list[str], list[str]]:
     return sessions, locks
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
 def test_repeated_api_calls_leak_nothing(chain):
     from modelbuild import api

@@ -4,6 +4,7 @@ history is written, and ``plan`` keeps working."""
 
 from __future__ import annotations
 
+import pytest
 import os
 
 from tests.conftest import run_cli
@@ -54,6 +55,7 @@ def test_symlink_in_deps_fails_only_that_target(project, tmp_path):
     assert rows["good"].decision == "hit"
 
 
+@pytest.mark.slow
 def test_symlink_in_deps_through_the_cli(project, tmp_path):
     link = _project_with_outside_link(project, tmp_path)
     b = run_cli("build", "-k", "after", "good", cwd=project.root)

@@ -32,6 +32,12 @@ def build(
     on_event: Callable[[Event], None] | None = None,
     frozen: bool = False,
     refresh: bool = False,
+    executor: str | None = None,
+    scheduler: str | None = None,
+    remote_cache: str | None = None,
+    remote_upload: bool | None = None,
+    remote_required: bool | None = None,
+    fuse: bool | None = None,
 ) -> BuildResult:
     """Build ``targets`` (the recipes' default target when empty) and their inputs.
 
@@ -43,6 +49,14 @@ def build(
     ``modelbuild.lock`` (:class:`~modelbuild.lockfile.LockStale`, see api/lock.py).
     ``refresh`` resolves floating references (a Hub branch) again now instead
     of reusing a resolution remembered for a few minutes (resolve.py).
+    ``executor`` ("local" or "dask", default: the project configuration, else
+    local) and ``scheduler`` (``tcp://host:8786``) choose where misses run
+    (docs/distributed.md); with Dask, ``jobs`` defaults to the cluster's threads.
+    ``remote_cache`` (a URL), ``remote_upload`` and ``remote_required`` (default:
+    the project configuration) add the shared remote cache tier (docs/remote.md);
+    what went wrong with it is in ``result.warnings``.
+    ``fuse`` (default: on unless ``MODELBUILD_FUSE=0``): the local executor runs
+    a chain of misses in one process, handing programs over in memory (fused.py).
     """
     ws = Workspace.locate(project, recipes=recipes, cache_dir=cache_dir, out_dir=out_dir)
     graph = ws.graph(overrides)
@@ -51,16 +65,31 @@ def build(
         from .lock import frozen_graph
 
         graph = frozen_graph(ws, graph, names, overrides, jobs=jobs)
+    from ..dask_executor import executor_for
+
+    from ..remote import open_remote
+
     with ws.store() as store:
-        engine = Engine(
-            graph,
-            store,
-            project=ws.root,
-            out_dir=ws.out_dir,
-            jobs=jobs,
-            keep_going=keep_going,
-            require_validation=require_validation,
-            on_event=on_event,
-            refresh=refresh,
-        )
-        return engine.build(names, explicit=list(targets or []))
+        store.remote = open_remote(ws.root, remote_cache, upload=remote_upload, required=remote_required)
+        runner, slots = executor_for(ws.root, executor, scheduler, store)
+        if fuse is not None and runner.name == "local":  # only the local executor fuses
+            runner.fuse = fuse
+        try:
+            engine = Engine(
+                graph,
+                store,
+                project=ws.root,
+                out_dir=ws.out_dir,
+                jobs=jobs or slots,
+                keep_going=keep_going,
+                require_validation=require_validation,
+                on_event=on_event,
+                refresh=refresh,
+                executor=runner,
+            )
+            result = engine.build(names, explicit=list(targets or []))
+            if store.remote is not None:  # e.g. "remote cache ... unreachable ...; building locally"
+                result.warnings.extend(store.remote.warnings)
+            return result
+        finally:
+            runner.close()

@@ -57,6 +57,7 @@ def explain(
                 verdict=last.get("verdict"),
                 blocked_by=last.get("blocked_by"),
                 command=last.get("command"),
+                worker=last.get("worker"),
                 when=last.get("when"),
             )
         result.entries.append(entry)

@@ -61,12 +61,19 @@ def plan(
     overrides: list[str] | None = None,
     require_validation: bool = False,
     refresh: bool = False,
+    remote_cache: str | None = None,
 ) -> Plan:
+    """``remote_cache`` (default: the project configuration) is asked for records
+    the local cache lacks, as ``build`` would: such a row is a hit whose reason
+    says ``remote hit`` (nothing is downloaded)."""
+    from ..remote import open_remote
+
     ws = Workspace.locate(project, recipes=recipes, cache_dir=cache_dir)
     graph = ws.graph(overrides)
     names = graph.resolve_names(list(targets or []))
     result = Plan(requested=names)
     with ws.store() as store:
+        store.remote = open_remote(ws.root, remote_cache)
         engine = Engine(graph, store, project=ws.root, out_dir=ws.out_dir, require_validation=require_validation,
                         refresh=refresh)
         predicted: dict[str, TargetResult] = {}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -75,17 +74,19 @@ def matches(name: str, patterns: list[str]) -> bool:
     )
 
 
-def place(src: Path, dst: Path, *, link: bool = True) -> None:
-    """Put ``src`` (symlinks resolved) at ``dst``: a hardlink if ``link`` and possible, else a copy."""
+def place(src: Path, dst: Path, *, link: bool = True) -> str:
+    """Put ``src`` (symlinks resolved) at ``dst`` without copying its bytes where possible.
+
+    A reflink (copy-on-write clone) where the filesystem has them, else a
+    hardlink if ``link``, else a copy; ``MODELBUILD_MATERIALIZE=copy`` asks for
+    copies. The decision is :func:`modelbuild.materialize.place_file`'s, the
+    same as for ``out/``. Returns the method used.
+    """
+    from modelbuild.materialize import place_file, preferred_method
+
     src = src.resolve()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if link:
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass  # another filesystem, or links not allowed: copy
-    shutil.copyfile(src, dst)
+    return place_file(src, dst, preferred_method(), hardlink=link)
 
 
 def describe(path: Path) -> dict[str, Any]:

@@ -6,20 +6,20 @@ ExecuTorch, so only ``run`` imports it.
 Example::
 
     from modelbuild.ml.lower import LowerOptions, lower_program
-    result = lower_program(ep, LowerOptions(backend="xnnpack"), Path("model.pte"), constant_methods=info.metadata)
+    result = lower_program(ep, LowerOptions("xnnpack"), Path("model.pte"), constant_methods=info.metadata)
     result.size  # bytes written
     result.partition["delegated"]  # {"XnnpackBackend": {"aten.linear.default": 15, ...}}
 
-The Core ML delegate embeds random identifiers (``uuid4`` model identifiers,
-the UUID keys of the ``.mlpackage`` manifest, a date); lowering runs inside
+What is backend-specific (partitioners, program preparation, passes, a
+context around the lowering) comes from the backend plugin
+(:mod:`modelbuild.backends`). The Core ML one, for instance, lowers inside
 :func:`modelbuild.ml.coreml.delegate.deterministic_coreml_delegate`, which
-derives them from the delegated model's content, so the same input gives the
-same bytes.
+derives the delegate's otherwise random identifiers from content, so the same
+input gives the same bytes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import operator
 import sys
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BACKENDS", "BackendUnavailable", "LowerOptions", "LowerResult", "lower_program", "partition_summary"]
+from modelbuild.backends import BackendUnavailable, get_backend
 
-BACKENDS = ("xnnpack", "coreml", "mps", "portable")
+__all__ = ["BackendUnavailable", "LowerOptions", "LowerResult", "lower_program", "partition_summary"]
 
 #: Graph nodes that are shape bookkeeping, not kernels: left out of op counts.
 _BOOKKEEPING = {
@@ -42,28 +42,18 @@ _BOOKKEEPING = {
 }
 
 
-class BackendUnavailable(RuntimeError):
-    """The installed ExecuTorch cannot lower to the requested backend."""
-
-
 @dataclass(frozen=True)
 class LowerOptions:
-    """What to lower to. Core ML fields are ignored by the other backends."""
+    """What to lower to: a registered backend's name and its own ``Params``
+    (:mod:`modelbuild.backends`; None = the backend's defaults)."""
 
     backend: str = "xnnpack"
-    #: Core ML: "cpu_only" | "cpu_and_gpu" | "cpu_and_ne" | "all"
-    compute_units: str = "cpu_only"
-    #: Core ML: "iOS15" ... "iOS18"
-    minimum_deployment_target: str = "iOS18"
-    #: Core ML: "fp16" | "fp32"
-    precision: str = "fp16"
-    #: Core ML weight compression at conversion: None | "b4w" (int4 per block of 32) | "c4w" (int4 per channel)
-    coreml_quantize: str | None = None
-    #: XNNPACK: "all" (dynamically quantized linears first, then every op XNNPACK takes)
-    #: | "quantized_linears" (only the dynamically quantized linears)
-    xnnpack_ops: str = "all"
-    #: XNNPACK: delegate bf16 ops too (otherwise a bf16 program's ops stay on the portable path)
-    xnnpack_bf16: bool = False
+    params: Any = None
+
+    def resolved(self):
+        """``(Backend, its Params instance)``."""
+        backend = get_backend(self.backend)
+        return backend, (self.params if self.params is not None else backend.Params())
 
 
 @dataclass
@@ -127,94 +117,6 @@ def partition_summary(graph_module) -> dict[str, Any]:
     }
 
 
-def _persist_buffers(ep) -> None:
-    """Turn non-persistent buffers into persistent ones, in place.
-
-    The Core ML partitioner keeps some ops from decomposing, which makes
-    ``to_edge_transform_and_lower`` unlift the program; torch 2.13's unlifting
-    then fails on non-persistent buffers (rope tables, masks) with a KeyError.
-    The values are unchanged; only where the program keeps them moves.
-    """
-    from torch.export.graph_signature import InputKind
-
-    for spec in ep.graph_signature.input_specs:
-        if spec.kind == InputKind.BUFFER and spec.persistent is False and spec.target in ep._constants:
-            ep._state_dict[spec.target] = ep._constants.pop(spec.target)
-            spec.persistent = True
-
-
-def _partitioners(options: LowerOptions, log: list[str]):
-    backend = options.backend
-    if backend == "xnnpack":
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-            XnnpackDynamicallyQuantizedPartitioner,
-            XnnpackPartitioner,
-        )
-
-        # export_llm's order: dynamically quantized linears first (-X), then the rest
-        # (--xnnpack-extended-ops). enable_bf16 exists from ExecuTorch 1.5 on; pass it only when asked.
-        extra = {"enable_bf16": True} if options.xnnpack_bf16 else {}
-        try:
-            partitioners = [XnnpackDynamicallyQuantizedPartitioner(**extra)]
-            if options.xnnpack_ops == "all":
-                partitioners.append(XnnpackPartitioner(**extra))
-        except TypeError as err:
-            raise BackendUnavailable(f"xnnpack_bf16 needs an ExecuTorch whose XNNPACK partitioner takes enable_bf16 ({err})") from None
-        return partitioners
-    if backend == "coreml":
-        import coremltools as ct
-        from executorch.backends.apple.coreml.compiler import CoreMLBackend
-        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
-
-        units = {
-            "cpu_only": ct.ComputeUnit.CPU_ONLY,
-            "cpu_and_gpu": ct.ComputeUnit.CPU_AND_GPU,
-            "cpu_and_ne": ct.ComputeUnit.CPU_AND_NE,
-            "all": ct.ComputeUnit.ALL,
-        }[options.compute_units]
-        target = getattr(ct.target, options.minimum_deployment_target)
-        precision = {"fp16": ct.precision.FLOAT16, "fp32": ct.precision.FLOAT32}[options.precision]
-        quantizer_config = None
-        if options.coreml_quantize == "b4w":
-            quantizer_config = {
-                "mode": "linear_symmetric",
-                "dtype": "int4",
-                "granularity": "per_block",
-                "block_size": 32,
-                "weight_threshold": 512,
-            }
-        elif options.coreml_quantize == "c4w":
-            quantizer_config = {"mode": "linear_symmetric", "dtype": "int4", "granularity": "per_channel"}
-        specs = CoreMLBackend.generate_compile_specs(
-            minimum_deployment_target=target,
-            compute_precision=precision,
-            compute_unit=units,
-            model_type=CoreMLBackend.MODEL_TYPE.MODEL,
-            op_linear_quantizer_config=quantizer_config,
-        )
-        # As export_llm: the OSS Core ML runtime does not manage state, so the
-        # KV cache buffers stay with ExecuTorch.
-        return [CoreMLPartitioner(compile_specs=specs, take_over_mutable_buffer=False)]
-    if backend == "mps":
-        log.append(
-            "warning: the MPS backend is deprecated upstream (ExecuTorch recommends Core ML on Apple "
-            "hardware); its .pte runs only on macOS/iOS with the MPS delegate built in"
-        )
-        try:
-            from executorch.backends.apple.mps.partition import MPSPartitioner
-        except ImportError as err:
-            raise BackendUnavailable(
-                "the MPS backend is deprecated upstream and this ExecuTorch install does not ship it "
-                f"(executorch.backends.apple.mps: {err}); use backend = \"coreml\""
-            ) from None
-        from executorch.exir.backend.compile_spec_schema import CompileSpec
-
-        return [MPSPartitioner([CompileSpec("use_fp16", bytes([True]))])]
-    if backend == "portable":
-        return []
-    raise ValueError(f"unknown backend {backend!r}")
-
-
 def release_memory() -> None:
     """Free what the last lowering phase left behind, and give it back to the OS.
 
@@ -234,7 +136,8 @@ def release_memory() -> None:
 
 
 def lower_program(
-    ep, options: LowerOptions, out: Path, *, constant_methods: dict[str, Any]
+    ep, options: LowerOptions, out: Path, *, constant_methods: dict[str, Any], info: Any = None,
+    etrecord: Path | None = None,
 ) -> LowerResult:
     """Lower ``ep`` for ``options.backend`` and write the .pte to ``out``.
 
@@ -243,31 +146,46 @@ def lower_program(
 
     ``constant_methods`` become the .pte's metadata methods (what the LLM
     runner reads: ``get_bos_id``, ``get_eos_ids``, ``get_max_seq_len``, ...).
+
+    The backend (a plugin, :mod:`modelbuild.backends`) supplies the
+    partitioners, the in-place preparation of ``ep``, a context around the
+    lowering and the edge passes; ``info`` (the program's ``ProgramInfo``)
+    is what its partitioners may consult.
+
+    ``etrecord``, when given, is where ExecuTorch's ETRecord of this lowering goes
+    (:mod:`modelbuild.ml.profile.etrecord`); the .pte bytes do not change.
     """
     import torch
-    from executorch.backends.xnnpack._passes.convert_to_linear import ConvertToLinearPass
 
-    from .coreml.delegate import deterministic_coreml_delegate
+    from .decompose import decompose_once
+    from .profile.etrecord import graphs_of, keep_debug_handles
     from .program import no_stack_traces
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
     log: list[str] = []
-    partitioners = _partitioners(options, log)
-    if options.backend == "coreml":
-        _persist_buffers(ep)
-    patch = deterministic_coreml_delegate() if options.backend == "coreml" else contextlib.nullcontext()
-    with patch, torch.no_grad(), no_stack_traces():
-        edge = to_edge_transform_and_lower(
-            ep,
-            partitioner=partitioners or None,
-            compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
-            constant_methods=dict(constant_methods) or None,
-        )
+    backend, params = options.resolved()
+    partitioners = backend.partitioners(params, info, log)
+    backend.prepare(ep, params)
+    with backend.lowering(params), torch.no_grad(), no_stack_traces():
+        with decompose_once() as skipped:  # what export already ran is not run again (same bytes)
+            edge = to_edge_transform_and_lower(
+                ep,
+                partitioner=partitioners or None,
+                compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
+                constant_methods=dict(constant_methods) or None,
+                generate_etrecord=etrecord is not None,  # ETRecord beside the .pte (same .pte bytes)
+            )
+        if skipped:
+            log.append(f"skipped decomposition passes with nothing to do: {', '.join(skipped)}")
         release_memory()
-        # As export_llm: linears left on CPU run as op_linear rather than transpose + mm.
-        edge = edge.transform([ConvertToLinearPass()])
+        passes = backend.passes(params)  # default, as export_llm: linears left on CPU run as op_linear
+        if passes:
+            before = graphs_of(edge) if etrecord is not None else None
+            edge = edge.transform(passes)
+            if before is not None:  # so that the ETRecord still names the operators the passes rewrote
+                keep_debug_handles(before, edge)
         partition = partition_summary(edge.exported_program().graph_module)
         release_memory()
         program = edge.to_executorch(
@@ -282,4 +200,8 @@ def lower_program(
         release_memory()
         with open(out, "wb") as f:
             program.write_to_file(f)
+        if etrecord is not None:
+            from .profile.etrecord import save_etrecord
+
+            save_etrecord(program.get_etrecord(), etrecord)
     return LowerResult(size=Path(out).stat().st_size, partition=partition, log=log)

@@ -77,9 +77,20 @@ class ProgramInfo:
     quantization: list[dict[str, Any]] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    #: ``{"backend": name, "options": {...}}`` when a backend's export-time source
+    #: transforms were applied (Core ML SDPA + KV cache); written only then.
+    source_transforms: dict[str, Any] = field(default_factory=dict)
+    #: The checkpoint's chat template (GGUF ``tokenizer.chat_template``, HF tokenizer_config.json),
+    #: carried to the package metadata; written only when there is one.
+    chat_template: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, indent=2) + "\n"
+        data = asdict(self)
+        if not data["source_transforms"]:
+            del data["source_transforms"]  # programs without backend transforms: model.json as before
+        if data["chat_template"] is None:
+            del data["chat_template"]
+        return json.dumps(data, sort_keys=True, indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> "ProgramInfo":
@@ -188,6 +199,10 @@ def load_program(path: Path):
         # registered before the program is deserialized.
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
         import executorch.kernels.quantized  # noqa: F401
+    if info.source_transforms:
+        from modelbuild.backends import get_backend
+
+        get_backend(info.source_transforms["backend"]).load_ops()  # e.g. coreml::sdpa
     ep = torch.export.load(path / PROGRAM_FILE)
     example = torch.load(path / INPUTS_FILE, weights_only=True)
     return ep, info, tuple(example)

@@ -237,18 +237,25 @@ def _is_quantized(ep) -> bool:
     return False
 
 
-def _export(module, example_inputs: tuple, dynamic_shapes):
+def _export(module, example_inputs: tuple, dynamic_shapes, strict: bool = False):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from .program import no_stack_traces
 
     with sdpa_kernel([SDPBackend.MATH]), torch.no_grad(), no_stack_traces():
-        return torch.export.export(module, tuple(example_inputs), dynamic_shapes=dynamic_shapes, strict=False)
+        return torch.export.export(module, tuple(example_inputs), dynamic_shapes=dynamic_shapes, strict=strict)
 
 
-def quantize_program(ep, example_inputs: tuple, dynamic_shapes, scheme: Scheme) -> tuple[Any, dict[str, Any], list[str]]:
+def quantize_program(
+    ep, example_inputs: tuple, dynamic_shapes, scheme: Scheme, *, strict: bool = False
+) -> tuple[Any, dict[str, Any], list[str]]:
     """Apply ``scheme`` to ``ep``; return ``(new program, applied record, log lines)``.
+
+    The rewritten module is exported again non-strict by default. export_llm
+    traces its quantized model strictly (dynamo); ``strict=True`` does that
+    here, and gives the same operators in the same order and the same numbers
+    (tests/steps/test_backends_ml.py), so non-strict, the faster, is the default.
 
     Consumes ``ep``: its weights move into the new program (``ep`` is left
     without them).
@@ -299,7 +306,7 @@ def quantize_program(ep, example_inputs: tuple, dynamic_shapes, scheme: Scheme) 
             # Calibrate on the stored example inputs, as export_llm does without calibration data.
             prepared(*example_inputs)
         gm = convert_pt2e(prepared)
-    return _export(gm, example_inputs, dynamic_shapes), record, log
+    return _export(gm, example_inputs, dynamic_shapes, strict), record, log
 
 
 def scheme_from_params(params) -> Scheme:

@@ -54,8 +54,41 @@ __all__ = ["ExportStep", "TensorSpec", "DimSpec"]
 
 _LLM_ONLY = (
     "max_seq_len", "max_context_len", "use_kv_cache", "use_sdpa_with_kv_cache", "enable_dynamic_shape", "metadata", "strict",
+    "backend", "backend_options",
 )
 _MODULE_ONLY = ("example_inputs", "dynamic_dims", "module_sources", "seed")
+
+
+def _check_backend(params) -> None:
+    """The export step's ``backend``: a registered backend whose transforms fit the other options."""
+    if params.backend is None:
+        if params.backend_options:
+            raise RecipeError("backend_options needs a backend", key="backend_options")
+        return
+    from modelbuild.backends import registry
+    from modelbuild.errors import closest
+
+    reg = registry()
+    if params.backend not in reg:
+        raise RecipeError(f"unknown backend {params.backend!r} (installed: {', '.join(reg.names())})",
+                          key="backend", suggestion=closest(params.backend, reg.names()))
+    backend = reg.get(params.backend)
+    backend.export_options(params.backend_options)
+    if not params.use_kv_cache:
+        raise RecipeError(f"backend {params.backend!r}: its source transforms apply to KV-cache LLMs "
+                          "(set use_kv_cache = true, or leave backend out)", key="backend")
+    if backend.static_shapes and params.enable_dynamic_shape:
+        # As export_llm: "Dynamic shape is not supported with coreml or qnn backends."
+        raise RecipeError(f"backend {params.backend!r} takes static shapes only: set enable_dynamic_shape = false",
+                          key="enable_dynamic_shape")
+
+
+def _backend_options(params) -> dict[str, Any]:
+    if params.backend is None:
+        return {}
+    from modelbuild.backends import get_backend
+
+    return get_backend(params.backend).export_options(params.backend_options)
 
 
 class TensorSpec(BaseModel):
@@ -94,7 +127,8 @@ class ExportStep(Step):
         )
     }
     output = "exported-program"
-    toolchain = ("torch", "executorch", "safetensors", "gguf", "tokenizers", "numpy")
+    toolchain = ("torch", "executorch", "safetensors", "gguf", "tokenizers", "sentencepiece", "numpy")
+    keeps_value = True  # (ep, info, example) for quantize/lower in a fused session
 
     class Params(Params):
         dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="weights and activations dtype")
@@ -119,6 +153,16 @@ class ExportStep(Step):
             True,
             description="LLM: trace with dynamo as export_llm does; false: non-strict tracing, same "
             "operators, several times faster and far less memory",
+        )
+        backend: str | None = Field(
+            None,
+            description="LLM: apply this backend's export-time source transforms, as export_llm does with "
+            'backend.<name>.enabled; "coreml": the Core ML SDPA op (iOS18+) and Core ML KV cache (needs '
+            "use_kv_cache, enable_dynamic_shape = false)",
+        )
+        backend_options: dict[str, Any] = Field(
+            default_factory=dict,
+            description='LLM: options of those transforms, e.g. {minimum_deployment_target = "iOS17"} for coreml',
         )
         module: str | None = Field(
             None, description='"pkg.mod:factory" returning an nn.Module or (module, example_inputs)'
@@ -176,6 +220,7 @@ class ExportStep(Step):
             )
         if params.enable_dynamic_shape and params.max_seq_len < 3:
             raise RecipeError("enable_dynamic_shape needs max_seq_len >= 3", key="max_seq_len")
+        _check_backend(params)
 
     def sources(self, params: Params) -> list[str]:
         """``module_sources``; the engine fills its default in :meth:`resolve` (before keying)."""
@@ -218,6 +263,8 @@ class ExportStep(Step):
             enable_dynamic_shape=p.enable_dynamic_shape,
             metadata=dict(p.metadata),
             strict=p.strict,
+            backend=p.backend,
+            backend_options=_backend_options(p),
         )
         ckpt_art = ctx.inputs["checkpoint"]
         ctx.progress(0, 3, "loading checkpoint")
@@ -232,6 +279,7 @@ class ExportStep(Step):
         started = time.monotonic()
         save_program(ctx.out, ep, info, example, tokenizer=tokenizer)
         ctx.log(f"saved the program ({time.monotonic() - started:.1f} s, peak RSS {_peak_rss_gb():.2f} GB)")
+        ctx.keep_value(_as_loaded(ep, info, example))
         for extra in sorted((ctx.work / "tokenizer").glob("*")):
             if tokenizer is not None and extra.name != tokenizer.name:
                 (ctx.out / extra.name).write_bytes(extra.read_bytes())
@@ -286,7 +334,16 @@ class ExportStep(Step):
         outputs = [n for n in ep.graph_signature.user_outputs]
         info.output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
         save_program(ctx.out, ep, info, example)
+        ctx.keep_value(_as_loaded(ep, info, example))
         ctx.summary = f"{type(module).__name__} {p.dtype}, {len(example)} input(s)"
+
+
+def _as_loaded(ep, info, example) -> tuple:
+    """The value a fused consumer gets: what ``load_program`` of the saved files returns
+    (the info through its JSON, as a reader of model.json sees it)."""
+    from modelbuild.ml.program import ProgramInfo
+
+    return ep, ProgramInfo.from_json(info.to_json()), tuple(example)
 
 
 def _peak_rss_gb() -> float:

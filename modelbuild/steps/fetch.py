@@ -9,7 +9,11 @@ Sources (the ``source`` parameter):
   builds. The commit is recorded in ``checkpoint.json`` either way. The token
   comes from ``HF_TOKEN`` or ``hf auth login`` and is never logged or stored.
   ``family`` (e.g.
-  ``"smollm2"``) tells the export step which model definition to use.
+  ``"smollm2"``) tells the export step which model definition to use;
+  without it, it is inferred from the fetched files (for every source:
+  ``config.json``'s ``model_type`` and vocabulary, a GGUF's
+  ``general.architecture``), and a declared family the files contradict
+  fails the step with one line naming ``family`` and the file.
 - ``https://...`` (``http://`` too): one file, verified against the required
   ``sha256`` before it is stored; resumable.
 - a path relative to the project root (a file or a directory, ``files``
@@ -26,7 +30,7 @@ files become the artifact's top level, where the loaders look.
 
 The artifact: the files in their native layout plus ``checkpoint.json``::
 
-    {"format": "hf", "family": null, "synthetic": false,
+    {"format": "hf", "family": "smollm2", "synthetic": false,
      "source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct",
      "revision": "main", "resolved_commit": "12fd25f...",
      "files": {"config.json": {"sha256": "...", "size": 861}, ...}}
@@ -124,8 +128,9 @@ class FetchStep(Step):
         )
         family: str | None = Field(
             None,
-            description='the model family recorded for export, e.g. "llama3_2", "smollm2" '
-            "(default: inferred from the files when the checkpoint is loaded)",
+            description='the model family recorded for export, e.g. "llama3_2", "qwen3_5" (default: inferred '
+            "from config.json model_type / the GGUF architecture and vocabulary; a declared family the files "
+            "contradict is an error)",
         )
 
     # -- planning ---------------------------------------------------------
@@ -292,14 +297,30 @@ class FetchStep(Step):
         if not names:
             raise StepError(f"{params.source}: fetched nothing")
         record["format"] = _settle_format(params, record.get("format"), names)
-        if params.family is not None:
-            record["family"] = params.family
-        # None lets the checkpoint loader infer the family from the files.
-        record.setdefault("family", None)
+        record["family"] = self._family(ctx, record["format"], params.family or record.get("family"))
         record["files"] = {name: filetree.describe(ctx.out / name) for name in names}
         ctx.write_json(CHECKPOINT_JSON, record)
         total = filetree.human_size(sum(f["size"] for f in record["files"].values()))
         ctx.summary = f"{record['format']} checkpoint, {len(names)} files, {total}"
+
+    def _family(self, ctx: StepContext, fmt: str, declared: str | None) -> str | None:
+        """The family from the fetched files (config.json, the GGUF header); a declared one is checked.
+
+        None (the loader's default applies, or export says why it cannot) when
+        the files do not tell; a declared family they contradict is an error
+        naming the key and the file.
+        """
+        try:
+            from modelbuild.ml.llm.infer import FamilyMismatch, infer_family  # light: no torch
+        except ImportError as err:
+            ctx.log(f"family not inferred: {err}")
+            return declared
+        try:
+            family, why = infer_family(ctx.out, fmt, declared)
+        except FamilyMismatch as err:
+            raise StepError(str(err)) from None  # "family = 'x' contradicts <file>: ..."
+        ctx.log(why)
+        return family
 
     def _fetch_hub(self, ctx: StepContext) -> dict[str, Any]:
         from modelbuild.ml.filetree import place
@@ -355,7 +376,7 @@ class FetchStep(Step):
         return {"source": redact_url(params.source), "sha256": params.sha256.lower()}
 
     def _fetch_local(self, ctx: StepContext) -> dict[str, Any]:
-        """Copy a project file or directory; a Hub cache snapshot records its commit.
+        """Clone (reflink) or copy a project file or directory; a Hub cache snapshot records its commit.
 
         A directory may hold symbolic links that stay inside it, or, for a
         snapshot of a Hugging Face cache (``models--ORG--NAME/snapshots/SHA``,
@@ -380,8 +401,9 @@ class FetchStep(Step):
         if snapshot is not None:
             record["resolved_commit"] = snapshot[1]
             ctx.log(f"{source} is a Hugging Face cache snapshot of commit {snapshot[1]}")
-        # Copied, never hardlinked: the store must not share an inode with a
-        # file the user may edit in place.
+        # Cloned (reflink) where the filesystem can, else copied; never
+        # hardlinked: the store would share an inode with a file the user may
+        # edit in place, and storing it makes it read-only with a fixed mtime.
         if path.is_file():
             if params.files or params.subdir:
                 raise StepError(f"files and subdir select files of a directory, but '{source}' is a file")
@@ -398,8 +420,8 @@ class FetchStep(Step):
             names = [n for n in names if matches(n, list(params.files))]
             if not names:
                 raise StepError(f"no file under '{source}' matches files = [{', '.join(params.files)}]")
-        for rel in names:
-            place(path / rel, ctx.out / rel, link=False)
+        used = {place(path / rel, ctx.out / rel, link=False) for rel in names}
+        ctx.log(f"{source}: {len(names)} files placed by {' and '.join(sorted(used))}")
         return record
 
     def _make_synthetic(self, ctx: StepContext) -> dict[str, Any]:

@@ -38,7 +38,8 @@ class QuantizeStep(Step):
     name = "quantize"
     version = 1
     description = "Quantize an exported program (torchao 8da4w/8da8w/4w/8w, 4/8-bit embeddings, pt2e)"
-    inputs = {"program": Input(kinds=("exported-program",), doc="the exported program to quantize")}
+    inputs = {"program": Input(kinds=("exported-program",), doc="the exported program to quantize", in_memory=True)}
+    keeps_value = True  # (ep, info, example) for lower in a fused session
     output = "exported-program"
     toolchain = ("torch", "executorch", "torchao")
 
@@ -82,11 +83,11 @@ class QuantizeStep(Step):
             )
 
     def run(self, ctx: StepContext) -> None:
-        from modelbuild.ml.program import load_program, save_program
+        from modelbuild.ml.program import ProgramInfo, load_program, save_program
         from modelbuild.ml.quantize import SchemeError, quantize_program, scheme_from_params
 
         program = ctx.inputs["program"]
-        ep, info, example = load_program(program.path)
+        ep, info, example = ctx.input_value("program", load_program)  # in memory when fused
         scheme = scheme_from_params(ctx.params)
         if ctx.params.pt2e != "none" and info.quantization:
             raise StepError(
@@ -102,6 +103,7 @@ class QuantizeStep(Step):
         info.quantization = [*info.quantization, record]
         tokenizer = program.file(info.tokenizer) if info.tokenizer else None
         save_program(ctx.out, new_ep, info, example_inputs=example, tokenizer=tokenizer)
+        ctx.keep_value((new_ep, ProgramInfo.from_json(info.to_json()), tuple(example)))  # as load_program gives it
         parts = [f"{k}={v}" for k, v in record.items()]
         ctx.summary = "quantized: " + ", ".join(parts)
         ctx.log(ctx.summary)

@@ -10,9 +10,16 @@ model); ``judge`` compares the cached figures with the expectations (the
 ``min_*``/``max_*`` parameters, listed in ``judge_params`` so they stay out of
 the action key). Changing a threshold therefore re-judges without rerunning.
 
+A ``.pte`` with its ETRecord (``lower`` writes one when a validate target
+consumes it) is also compared operator by operator with the program it was
+lowered from (``locate_drift``; :mod:`modelbuild.ml.profile.drift`), and a
+failed verdict names the first operator past ``min_cosine``.
+
 Where this host cannot run the artifact (an ``.mlpackage``, or a ``.pte``
-delegated to Core ML or MPS, on anything but macOS) the target gets the
-distinct status "needs macOS".
+delegated to Core ML or MPS, on anything but macOS; a Vulkan ``.pte`` where the
+ExecuTorch runtime has no Vulkan delegate: what the backend plugin's
+``runtime_unmet`` says) the target gets the distinct status "needs macOS"
+("needs a Vulkan runtime").
 
 Example recipe::
 
@@ -47,6 +54,9 @@ class ValidateParams(Params):
     eval_tokens: int | None = Field(None, ge=2)
     #: Also generate with ExecuTorch's TextLLMRunner (the app's code path) for speed figures.
     use_text_runner: bool = True
+    #: A .pte with its ETRecord: also measure each operator's output against the program it was
+    #: lowered from, so that a failed verdict names the first one past min_cosine (modelbuild.ml.profile.drift).
+    locate_drift: bool = True
 
     # Expectations (judge-only; see modelbuild.ml.validation.expectations).
     min_cosine: float | None = None
@@ -77,6 +87,8 @@ class ValidateStep(Step):
     output = "measurements"
     toolchain = ("torch", "executorch", "numpy", "coremltools")
     judge_params = PARAM_NAMES
+    #: What this step asks of its producers (decided in the build graph: modelbuild.devtools).
+    asks = {"artifact": {"etrecord": True}}
     Params = ValidateParams
 
     def check(self, params: ValidateParams, input_kinds) -> None:
@@ -109,24 +121,33 @@ class ValidateStep(Step):
             return Verdict(ok=True, reason="measured (no expectations set)",
                            figures={**summary, "checks": [], "expectations": {}}, status="pass")
         ok, reason, checks = judge_summary(summary, thresholds)
+        figures = {**summary, "checks": checks, "expectations": thresholds}
         if ok:
             reason = "meets " + ", ".join(c["expectation"] for c in checks)
-        return Verdict(ok=ok, reason=reason, figures={**summary, "checks": checks, "expectations": thresholds},
-                       status="pass" if ok else "fail")
+        else:
+            from modelbuild.ml.profile.report import drift_note
+
+            note, row = drift_note(m.get("drift"), thresholds.get("min_cosine"))
+            if note:
+                reason, figures["first_drift"] = f"{reason}; {note}", row
+        return Verdict(ok=ok, reason=reason, figures=figures, status="pass" if ok else "fail")
 
     def run(self, ctx: StepContext) -> None:
         p: ValidateParams = ctx.params
         art = ctx.inputs["artifact"]
         ref_art = ctx.inputs["reference"]
         if art.kind == "pte":
+            from modelbuild.backends import runtime_unmet
             from modelbuild.ml.validation.runners import apple_delegates
 
+            # What the backend that lowered it needs to run it (modelbuild.backends); older
+            # artifacts without a known backend: the Apple delegates they name.
+            unmet = runtime_unmet(art.path)
             apple = apple_delegates(art.path)
-            if apple and host_platform() != "macos":
-                raise PlatformUnavailable(
-                    needs="macOS", command=f"modelbuild build {ctx.target}",
-                    detail=f"the .pte delegates to {', '.join(apple)}, which only runs on Apple platforms",
-                )
+            if unmet is None and apple and host_platform() != "macos":
+                unmet = ("macOS", f"the .pte delegates to {', '.join(apple)}, which only runs on Apple platforms")
+            if unmet is not None:
+                raise PlatformUnavailable(needs=unmet[0], command=f"modelbuild build {ctx.target}", detail=unmet[1])
         import torch
 
         from modelbuild.ml.validation import measure, plots, report
@@ -148,6 +169,16 @@ class ValidateStep(Step):
                 m, positions = measure.measure_module(runner, ref, ref_art.path, log=ctx.log)
         except (ValueError, FileNotFoundError, RuntimeError) as err:
             raise StepError(f"validate: {err}") from err
+        if p.locate_drift and art.kind == "pte":
+            from modelbuild.ml.profile.drift import locate_in_artifact
+
+            try:  # a diagnostic: if it cannot run, the measurements still stand
+                drift = locate_in_artifact(art.path, ref_art.path, ctx.work / "drift")
+            except Exception as err:  # noqa: BLE001 - reported in the measurements and the log
+                drift = {"error": f"{type(err).__name__}: {err}", "ops": []}
+                ctx.log(f"warning: drift locator failed: {drift['error']}")
+            if drift is not None:
+                m["drift"] = drift
         m["title"] = f"{art.target} vs {ref_art.target}"
         m["artifact"]["target"] = art.target
         m["reference"] = {"target": ref_art.target, "implementation": ref["implementation"], "kind": ref["kind"]}

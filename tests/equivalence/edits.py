@@ -38,6 +38,17 @@ line = st.one_of(
 contents = st.lists(line, max_size=5).map(lambda ls: "".join(x + "\n" for x in ls).encode())
 
 
+def pick(data, items: list, label: str | None = None):
+    """``items[i]`` for a drawn ``i``, or None if ``items`` is empty.
+
+    For lists that depend on what is on disk or on timing (the blobs a killed
+    build left, which outputs exist): the draw has the same shape whatever
+    the list, so hypothesis can replay a sequence even if the list differs.
+    """
+    i = data.draw(st.integers(0, 63), label=label)
+    return items[i % len(items)] if items else None
+
+
 class Edits:
     """Mixin of :class:`~tests.equivalence.machine.EquivalenceMachine` (``self.model``, ``self.project``)."""
 
@@ -275,11 +286,12 @@ class Edits:
     def corrupt_blob(self, data) -> None:
         intact = [b for b in self.project.blobs()
                   if blake3.blake3(b.read_bytes()).hexdigest() == b.parent.name + b.name.removesuffix("-x")]
-        if not intact:
-            return
-        blob = data.draw(st.sampled_from(intact), label="blob")
-        content, exe = blob.read_bytes(), blob.name.endswith("-x")
+        blob = pick(data, intact, label="blob")
         how = data.draw(st.sampled_from(["flip", "truncate", "append", "delete"]), label="damage")
+        restore = data.draw(st.booleans(), label="restore mtime")
+        if blob is None:
+            return
+        content, exe = blob.read_bytes(), blob.name.endswith("-x")
         st0 = blob.stat()
         if how == "delete":
             blob.unlink()
@@ -293,17 +305,17 @@ class Edits:
             os.chmod(blob, 0o644)
             blob.write_bytes(new)
             os.chmod(blob, st0.st_mode & 0o777)
-            if data.draw(st.booleans(), label="restore mtime"):
+            if restore:
                 os.utime(blob, ns=(st0.st_atime_ns, st0.st_mtime_ns))
         self.model.bad_blobs[(content, exe)] = "deleted" if how == "delete" else "corrupt"
 
     def damage_out(self, data) -> None:
         out = self.project.out
         present = sorted(n for n in self.model.tables if (out / n / "out.txt").is_file())
-        if not present:
-            return
-        name = data.draw(st.sampled_from(present))
+        name = pick(data, present, label="target")
         how = data.draw(st.sampled_from(["file", "dir", "all", "replace", "add"]), label="damage")
+        if name is None:
+            return
         if how == "file":
             (out / name / "out.txt").unlink()
         elif how == "dir":

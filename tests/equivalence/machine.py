@@ -36,7 +36,7 @@ from pathlib import Path
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from .edits import CONFIG, DAMAGE, EDITS, SKIP, VARS, Edits, contents, words
+from .edits import CONFIG, DAMAGE, EDITS, SKIP, VARS, Edits, contents, pick, words
 from .model import Expectation, Model
 from .project import STATS, Project, read_tree, recipe_texts
 
@@ -114,6 +114,15 @@ class EquivalenceMachine(Edits, RuleBasedStateMachine):
             proc = self.project.run(*self._build_args("plain", jobs))
             self._check_build(exp, proc, "plain", None, "no-op build after a pause")
             STATS["settled_noops"] += 1
+            # Now exactly one change, and a plain build: the fast path must see it.
+            change = data.draw(st.sampled_from([n for n in (*EDITS, "damage_out", "corrupt_blob") if self._possible(n)]),
+                               label="one change the fast path must see")
+            self._count(change)
+            getattr(self, change)(data)
+            self.project.reset_runlog()
+            exp = self.model.expect()
+            proc = self.project.run(*self._build_args("plain", jobs))
+            self._check_build(exp, proc, "plain", None, f"plain build after only {change}")
 
     def _check_build(self, exp: Expectation, proc, mode: str, plan: dict[str, str] | None, label: str,
                      *, skip: frozenset[str] = frozenset(), exit_code: int = 0) -> dict[str, str]:
@@ -265,7 +274,7 @@ class EquivalenceMachine(Edits, RuleBasedStateMachine):
         self._some_edits(data)
         exp = self.model.expect()
         mode = data.draw(st.sampled_from(["plain", "full"]), label="mode")
-        wait_steps = data.draw(st.integers(0, len(exp.built)), label="kill after steps started")
+        wait_steps = min(len(exp.built), data.draw(st.integers(0, 12), label="kill after steps started"))
         delay = data.draw(st.sampled_from([0.0, 0.02, 0.1, 0.3, 0.6]), label="then wait")
         env = self.project.env()
         self.project.reset_runlog()
@@ -313,16 +322,18 @@ class EquivalenceMachine(Edits, RuleBasedStateMachine):
         self._count("build_with_concurrent_edit")
         m = self.model
         pairs = self._gate_pairs()
+        # (Drawn whether needed or not, so that a sequence replays the same draws.)
+        bases = sorted(n for n, t in m.tables.items()
+                       if "extends" not in t and not any(u.get("extends") == n for u in m.tables.values()))
+        base = pick(data, bases, label="target given a new source, if needed")
+        new_source = data.draw(contents)
         if not pairs:
             # No source is read only along one chain, or nothing will run: give a
             # target without variants a new source of its own (it must then run).
-            bases = sorted(n for n, t in m.tables.items()
-                           if "extends" not in t and not any(u.get("extends") == n for u in m.tables.values()))
-            if bases:
-                base = data.draw(st.sampled_from(bases), label="target given a new source")
+            if base is not None:
                 self.counter += 1
                 rel = f"src/g{self.counter}.txt"
-                m.sources[rel] = data.draw(contents)
+                m.sources[rel] = new_source
                 self.project.write_source(rel, m.sources[rel])
                 m.tables[base]["deps"] = [*m.tables[base].get("deps", []), rel]
                 if base in m.meta:
@@ -333,7 +344,7 @@ class EquivalenceMachine(Edits, RuleBasedStateMachine):
             self._build(data, label="build (no source to edit during it)")
             return
         exp = m.expect()
-        gated, rel = data.draw(st.sampled_from(pairs), label="(step that waits, source edited)")
+        gated, rel = pick(data, pairs, label="(step that waits, source edited)")
         content, restore = self._edit_source_value(data, m.sources[rel])
         settle = data.draw(st.sampled_from([0.0, 2.2]), label="seconds between edit and build end")
         reads_it = gated in m.readers(rel)
@@ -341,7 +352,9 @@ class EquivalenceMachine(Edits, RuleBasedStateMachine):
             content, restore = self._edit_source_value(data, content)  # triage: no unchanged rewrites under a reader
             if content == m.sources[rel]:
                 content = {**content, "z.txt": b"z\n"} if isinstance(content, dict) else content + b"z\n"
-        mode = "full" if reads_it else data.draw(st.sampled_from(["plain", "full"]), label="mode")
+        mode = data.draw(st.sampled_from(["plain", "full"]), label="mode")
+        if reads_it:
+            mode = "full"  # its status tells a refused result from a built one
         gate = self.base / "gate"
         env = self.project.env(EQ_GATE=str(gate), EQ_GATE_NAME=gated)
         self.project.reset_runlog()

@@ -143,34 +143,6 @@ def test_conversion_date_comes_from_source_date_epoch(conv_program, tmp_path, mo
     assert ct.models.MLModel(str(pkg2), skip_model_load=True).get_spec().description.metadata.userDefined[DATE_KEY] == "1970-01-01"
 
 
-LOWER = textwrap.dedent(
-    """\
-    import sys, torch
-    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-    from modelbuild.ml.coreml.delegate import deterministic_coreml_delegate
-    from modelbuild.ml.program import load_program
-    ep, info, example = load_program(__import__("pathlib").Path(sys.argv[1]))
-    with deterministic_coreml_delegate():
-        program = to_edge_transform_and_lower(ep, partitioner=[CoreMLPartitioner()]).to_executorch()
-    open(sys.argv[2], "wb").write(program.buffer)
-    """
-)
-
-
-def test_coreml_delegated_pte_is_byte_identical(tmp_path, tmp_path_factory):
-    program = tinyconv_program(tmp_path / "prog", size=32)
-    ptes = []
-    for seed in ("5", "6"):
-        pte = tmp_path / f"model-{seed}.pte"
-        env = dict(os.environ, PYTHONHASHSEED=seed)
-        env.pop("SOURCE_DATE_EPOCH", None)
-        subprocess.run([sys.executable, "-c", LOWER, str(program), str(pte)], check=True, capture_output=True, env=env)
-        ptes.append(pte.read_bytes())
-    assert b"executorch_" in ptes[0]  # the delegate's model identifier is in there...
-    assert ptes[0] == ptes[1]  # ...and derived from content, like the rest of the blob
-
-
 def test_delegate_context_restores_patches():
     import uuid
 
@@ -192,22 +164,32 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_engine_builds_in_two_caches_give_identical_digests(tmp_path):
-    """The vision recipe's Core ML targets, built from scratch in two separate caches."""
-    from modelbuild import api
+def test_coreml_targets_rebuild_identically_and_release_the_same_archive(tmp_path):
+    """The Core ML package, its palettized variant and the Core ML delegated
+    .pte of the vision recipe, built from scratch in two separate caches (each
+    step in a fresh process, so fresh UUID state and hash seed): `verify
+    --rebuild` finds every file identical, and the two releases are the same
+    archive, byte for byte."""
+    from modelbuild.api import release, release_verify, verify
+
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     (recipes / "vision.toml").write_text((REPO / "recipes" / "vision.toml").read_text())
-    targets = ["tinyconv-mlpackage", "tinyconv-mlpackage-pal4"]
-    results = []
-    for name in ("cache-a", "cache-b"):
-        result = api.build(
-            targets, project=REPO, recipes=recipes, cache_dir=tmp_path / name, out_dir=tmp_path / name / "out", jobs=2
-        )
-        assert result.ok, {n: (t.status, t.reason) for n, t in result.targets.items()}
-        assert {result.targets[t].status for t in targets} == {"built"}
-        results.append(result)
+    targets = ["tinyconv-mlpackage-pal4", "tinyconv-coreml-pte"]
+    first = dict(project=REPO, recipes=recipes, cache_dir=tmp_path / "a" / "cache", out_dir=tmp_path / "a" / "out", jobs=2)
+    second = tmp_path / "b"
     for target in targets:
-        a, b = results[0].targets[target], results[1].targets[target]
-        assert a.digest == b.digest
-        assert_identical(a.out, b.out)
+        report = verify(target, rebuild=True, scratch=second, **first)
+        assert report.ok, [d.line() for d in report.differences]
+        assert target in report.targets
+    common = dict(project=REPO, recipes=recipes, jobs=2, check_rebuild=False)
+    a = release(targets, cache_dir=tmp_path / "a" / "cache", out_dir=tmp_path / "a" / "out",
+                output=tmp_path / "dist-a", **common)
+    b = release(targets, cache_dir=second / "cache", out_dir=second / "out", output=tmp_path / "dist-b", **common)
+    files = a.bundle.manifest["files"]
+    assert "tinyconv-coreml-pte/model.pte" in files
+    # The Core ML delegate's model identifier is in the .pte, derived from content like the rest of it.
+    assert b"executorch_" in (tmp_path / "a" / "out" / "tinyconv-coreml-pte" / "model.pte").read_bytes()
+    assert any(f.startswith("tinyconv-mlpackage-pal4/") and f.endswith(".mlmodel") for f in files)
+    assert a.bundle.archive_sha256 == b.bundle.archive_sha256
+    assert release_verify(a.bundle.directory).ok

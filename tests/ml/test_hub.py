@@ -170,6 +170,7 @@ class _DroppingHub(HubServer):
         return reply
 
 
+@pytest.mark.slow
 def test_transfer_that_keeps_breaking_is_one_clear_error(tmp_path, monkeypatch):
     import huggingface_hub.constants as constants
 

@@ -54,6 +54,7 @@ def revision_calls(hub: HubServer) -> int:
     return sum("/revision/" in r.path for r in hub.requests)
 
 
+@pytest.mark.slow
 def test_moved_branch_is_refetched(project, hub, monkeypatch):
     monkeypatch.setenv("MODELBUILD_RESOLVE_TTL", "0")  # ask the Hub at every build
     project.recipe(RECIPE.format(extra=""))
@@ -74,6 +75,7 @@ def test_moved_branch_is_refetched(project, hub, monkeypatch):
     assert f"revision main@{old} -> main@{new}" in res.reason
 
 
+@pytest.mark.slow
 def test_remembered_resolution_and_refresh_through_the_cli(project, hub):
     project.recipe(RECIPE.format(extra=""))
     env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(project.root.parent / "hub-cache")}
@@ -97,6 +99,7 @@ def test_remembered_resolution_and_refresh_through_the_cli(project, hub):
     assert b.returncode == 0 and "up to date" in b.stderr, b.stderr
 
 
+@pytest.mark.slow
 def test_offline_uses_the_last_resolution_and_says_so(project, hub, monkeypatch):
     monkeypatch.setenv("MODELBUILD_RESOLVE_TTL", "0")
     project.recipe(RECIPE.format(extra=""))
@@ -125,6 +128,7 @@ def test_offline_uses_the_last_resolution_and_says_so(project, hub, monkeypatch)
     assert "refs/main" in res.reason and checkpoint(fresh)["resolved_commit"] == old
 
 
+@pytest.mark.slow
 def test_pinned_commit_is_never_resolved(project, hub, monkeypatch):
     monkeypatch.setenv("MODELBUILD_RESOLVE_TTL", "0")
     old = hub.commits["org/tiny"]
@@ -139,6 +143,7 @@ def test_pinned_commit_is_never_resolved(project, hub, monkeypatch):
     assert len(hub.requests) == before
 
 
+@pytest.mark.slow
 def test_resolution_is_remembered_in_the_cache_for_the_ttl(project, hub, monkeypatch):
     import time
 

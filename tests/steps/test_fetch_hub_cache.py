@@ -210,6 +210,7 @@ def test_repo_directory_itself_points_to_the_snapshot_of_main(tmp_path, monkeypa
         run_fetch({"source": str(snap.parent.parent)}, tmp_path)
 
 
+@pytest.mark.slow
 def test_engine_builds_a_snapshot_and_keeps_it_cached(tmp_path, monkeypatch):
     """Through the engine: the key hashes the snapshot (links followed), the second build is a hit."""
     from modelbuild.api import build

@@ -21,11 +21,16 @@ or GGUF layout, see :mod:`.checkpoint`).
 
 Modules (one concept each):
 
-- :mod:`.families`: family -> ModelArgs mapping and weight names (no torch)
+- :mod:`.families`: family -> ModelArgs mapping and weight names, family inference (no torch)
+- :mod:`.hybrid_families`: phi_4_mini, lfm2, qwen3_5 (fused / hybrid HF layouts; no torch)
+- :mod:`.infer`: which family a fetched checkpoint is, from config.json or the GGUF header (no torch)
 - :mod:`.synthetic`: ``SIZES`` (no torch) and ``write_synthetic_checkpoint``
 - :mod:`.tokenizer`: deterministic byte-level BPE tokenizers
 - :mod:`.checkpoint`: HF / Meta / GGUF loaders, rotary layout conversion
-- :mod:`.gguf_io`: GGUF read (dequantize) and write
+- :mod:`.gguf_io`: GGUF read (dequantize) and load (architectures, tokenizers)
+- :mod:`.gguf_write`: GGUF write from an HF checkpoint, as llama.cpp's converter does
+- :mod:`.synthetic_sizes_a`: synthetic sizes of llama2, llama3, llama3_1, qwen2_5, qwen3 (no torch)
+- :mod:`.synthetic_sizes_b`: synthetic sizes of phi_4_mini, lfm2, qwen3_5 (no torch)
 - :mod:`.model`: ``load_llm``, ``build_transformer``
 - :mod:`.export`: ``export_llm`` (torch.export the way ExecuTorch's export_llm does)
 

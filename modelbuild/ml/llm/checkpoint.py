@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .families import GGUF_TO_META, HF_TO_META, Family, family_for_hf_config, get_family, map_name
+from .families import HF_TO_META, Family, family_for_hf_config, get_family, map_name
 
 __all__ = [
     "LoadedCheckpoint",
@@ -64,6 +64,10 @@ class LoadedCheckpoint:
     tokenizer_extras: list[Path] = field(default_factory=list)
     #: tokenizer.json text rebuilt from GGUF metadata (when there is no file).
     tokenizer_json: str | None = None
+    #: SentencePiece tokenizer.model bytes rebuilt from GGUF metadata (tokenizer.ggml.model = "llama").
+    tokenizer_model: bytes | None = None
+    #: The chat template (GGUF tokenizer.chat_template, HF tokenizer_config.json), for the package metadata.
+    chat_template: str | None = None
     #: Runtime metadata the checkpoint implies (bos/eos ids).
     metadata: dict[str, Any] = field(default_factory=dict)
     #: Provenance from checkpoint.json (format, family, synthetic, source, revision, ...).
@@ -79,6 +83,10 @@ class LoadedCheckpoint:
         if self.tokenizer_json is not None:
             out = dest / "tokenizer.json"
             out.write_text(self.tokenizer_json, encoding="utf-8")
+            return out
+        if self.tokenizer_model is not None:
+            out = dest / "tokenizer.model"
+            out.write_bytes(self.tokenizer_model)
             return out
         if self.tokenizer is None:
             return None
@@ -185,6 +193,12 @@ def _load_hf(path: Path, family_hint: str | None) -> LoadedCheckpoint:
     for file in files:
         with safe_open(str(file), framework="pt") as f:  # memory-mapped
             for name in f.keys():
+                if family.hf_weights is not None:  # the family renames / splits its own weights
+                    pairs = family.hf_weights(name, lambda name=name: f.get_tensor(name), args)
+                    if pairs is None and not name.endswith("rotary_emb.inv_freq"):
+                        unknown.append(name)
+                    sd.update(pairs or [])
+                    continue
                 target = map_name(name, HF_TO_META)
                 if target is None:
                     if not name.endswith("rotary_emb.inv_freq"):
@@ -211,7 +225,17 @@ def _load_hf(path: Path, family_hint: str | None) -> LoadedCheckpoint:
         tokenizer_extras=extras,
         metadata=_hf_metadata(path, config),
         checkpoint_dtype=_dtype_name(sd["tok_embeddings.weight"]),
+        chat_template=_hf_chat_template(path),
     )
+
+
+def _hf_chat_template(path: Path) -> str | None:
+    """tokenizer_config.json's ``chat_template`` (a string), or ``chat_template.jinja`` beside it."""
+    cfg = path / "tokenizer_config.json"
+    template = _read_json(cfg).get("chat_template") if cfg.exists() else None
+    if template is None and (path / "chat_template.jinja").exists():
+        template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+    return template if isinstance(template, str) else None
 
 
 def _hf_metadata(path: Path, config: dict) -> dict[str, Any]:
@@ -265,94 +289,7 @@ def _load_meta(path: Path, family_hint: str | None) -> LoadedCheckpoint:
 
 
 def _load_gguf(path: Path, family_hint: str | None) -> LoadedCheckpoint:
-    from .gguf_io import read_gguf
+    # The GGUF specifics (architectures, tokenizers, rope_freqs) live with the reader.
+    from .gguf_io import load_gguf_checkpoint
 
-    file = path if path.is_file() else None
-    if file is None:
-        found = sorted(path.glob("*.gguf"))
-        if len(found) != 1:
-            raise CheckpointError(f"{path}: expected one *.gguf file, found {len(found)}")
-        file = found[0]
-    fields, tensors = read_gguf(file)
-    arch = fields.get("general.architecture")
-    family = get_family(family_hint) if family_hint else None
-    if family is None:
-        if arch == "qwen3":
-            family = get_family("qwen3")
-        elif "smollm" in str(fields.get("general.name", "")).lower():
-            family = get_family("smollm2")
-        else:
-            family = get_family("llama3_2")
-    if arch not in family.gguf_archs:
-        raise CheckpointError(f"{file.name}: GGUF architecture '{arch}' is not read by family {family.name}")
-    try:
-        args = family.model_args_from_gguf(fields)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{file.name}: {e}") from None
-    sd: dict[str, Any] = {}
-    for name, t in tensors.items():
-        target = map_name(name, GGUF_TO_META)
-        if name == "rope_freqs.weight":
-            continue
-        if target is None:
-            raise CheckpointError(f"{file.name}: unexpected tensor {name}")
-        sd[target] = t
-    if "rope_freqs.weight" in tensors:
-        args.update(_llama3_scaling_from_rope_freqs(tensors["rope_freqs.weight"], args, file.name))
-    _tie_output(sd)
-    metadata: dict[str, Any] = {}
-    if "tokenizer.ggml.bos_token_id" in fields:
-        metadata["get_bos_id"] = int(fields["tokenizer.ggml.bos_token_id"])
-    if "tokenizer.ggml.eos_token_id" in fields:
-        metadata["get_eos_ids"] = [int(fields["tokenizer.ggml.eos_token_id"])]
-    return LoadedCheckpoint(
-        family=family,
-        format="gguf",
-        model_args=args,
-        state_dict=sd,
-        tokenizer_json=_gguf_tokenizer(fields),
-        metadata=metadata,
-        checkpoint_dtype="fp32",
-    )
-
-
-def _llama3_scaling_from_rope_freqs(factors, args: dict, where: str) -> dict[str, Any]:
-    """ModelArgs rope scaling that reproduces llama.cpp's ``rope_freqs`` divisors.
-
-    llama.cpp stores llama3 scaling as one divisor per frequency. ExecuTorch
-    computes the same from (scale factor, high_freq_factor) with
-    low_freq_factor 1 and an 8192 original context; the scale factor is the
-    largest divisor, and the result is checked against the tensor so that
-    nothing is silently approximated.
-    """
-    import math
-
-    import torch
-
-    from executorch.examples.models.llama.rope import apply_scaling
-
-    hd = args["head_dim"]
-    base = 1.0 / (args["rope_theta"] ** (torch.arange(0, hd, 2)[: hd // 2].float() / hd))
-    factor = float(factors.max())
-    factor_arg = int(factor) if factor.is_integer() else factor
-    for high in (4, 2, 8, 1.5, 3, 16):
-        expected = base / apply_scaling(base, factor_arg, high)
-        if torch.allclose(expected.float(), factors.float(), rtol=1e-4, atol=1e-4):
-            return {"use_scaled_rope": True, "rope_scale_factor": factor_arg, "high_freq_factor": high}
-    if math.isclose(factor, 1.0):
-        return {}
-    raise CheckpointError(f"{where}: rope_freqs do not match llama3 rope scaling ExecuTorch can express")
-
-
-def _gguf_tokenizer(fields: dict) -> str | None:
-    """tokenizer.json text rebuilt from GGUF metadata (BPE "gpt2" tokenizers only)."""
-    from .tokenizer import tokenizer_json_from_vocab
-
-    if fields.get("tokenizer.ggml.model") != "gpt2" or "tokenizer.ggml.merges" not in fields:
-        return None
-    tokens = list(fields["tokenizer.ggml.tokens"])
-    types = list(fields.get("tokenizer.ggml.token_type", [1] * len(tokens)))
-    special = [i for i, ty in enumerate(types) if ty in (3, 4)]  # CONTROL, USER_DEFINED
-    bos = fields.get("tokenizer.ggml.bos_token_id")
-    add_bos = bool(fields.get("tokenizer.ggml.add_bos_token", bos is not None))
-    return tokenizer_json_from_vocab(tokens, list(fields["tokenizer.ggml.merges"]), special, bos if add_bos else None)
+    return load_gguf_checkpoint(path, family_hint)

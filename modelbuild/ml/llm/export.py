@@ -2,6 +2,7 @@
 
 Same model definition (``executorch.examples.models.llama``), same source
 transforms (custom SDPA op + custom KV cache for ``use_sdpa_with_kv_cache``,
+a backend's own, e.g. Core ML's SDPA and KV cache for ``backend = "coreml"``,
 then the dtype cast), same example inputs, dynamic shapes, forward signature
 ``forward(tokens, {"input_pos": pos})`` and runtime metadata defaults as
 ``export_llama_lib`` (``_prepare_for_llama_export`` + ``LLMEdgeManager.export``),
@@ -51,6 +52,10 @@ class LLMExportOptions:
     #: shared rope tables lifted once per layer) several times faster and with
     #: a fraction of the memory; see docs/models.md.
     strict: bool = True
+    #: A backend whose export-time source transforms apply (export_llm's
+    #: ``backend.<name>.enabled``; modelbuild.backends), and its ``backend_options``.
+    backend: str | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
 
 def example_inputs_for(opts: LLMExportOptions, vocab_size: int) -> tuple:
@@ -109,6 +114,12 @@ def _source_transforms(opts: LLMExportOptions):
 
         # Order matters (see export_llama_lib): SDPA first, then the KV cache.
         transforms += [replace_sdpa_with_custom_op, replace_kv_cache_with_custom_kv_cache]
+    if opts.backend and opts.use_kv_cache:
+        # As export_llama_lib: a backend's attention and KV cache replacements (Core ML's
+        # SDPA op and KV cache, ...) apply to KV-cache models, before the dtype cast.
+        from modelbuild.backends import get_backend
+
+        transforms += get_backend(opts.backend).source_transforms(opts.backend_options)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[opts.dtype]
     transforms.append(lambda m: m.to(dtype=dtype))
     return transforms
@@ -163,6 +174,8 @@ def export_llm(checkpoint_dir: Path, opts: LLMExportOptions, log=lambda msg: Non
         input_names=["tokens", "input_pos"] if opts.use_kv_cache else ["tokens"],
         output_names=["logits"],
         source=ckpt.source,
+        chat_template=ckpt.chat_template,
+        source_transforms={"backend": opts.backend, "options": dict(opts.backend_options)} if opts.backend else {},
     )
     log(f"exporting: inputs {[_describe(x) for x in example]}, dynamic shapes {info.dynamic_shapes}")
     # MATH backend: avoids dynamo errors tracing fused SDPA; no_grad: no training ops.

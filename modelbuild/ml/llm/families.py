@@ -28,7 +28,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Family", "FAMILIES", "get_family", "family_for_hf_config", "HF_TO_META", "GGUF_TO_META"]
+__all__ = [
+    "Family",
+    "FAMILIES",
+    "gguf_archs",
+    "get_family",
+    "family_for_hf_config",
+    "family_for_gguf",
+    "UNSUPPORTED_HF_MODEL_TYPES",
+    "HF_TO_META",
+    "GGUF_TO_META",
+]
 
 #: Hugging Face llama-style weight names -> ExecuTorch (Meta) names; ``{}`` is the layer index.
 HF_TO_META: dict[str, str] = {
@@ -60,6 +70,9 @@ GGUF_TO_META: dict[str, str] = {
     "blk.{}.attn_k.weight": "layers.{}.attention.wk.weight",
     "blk.{}.attn_v.weight": "layers.{}.attention.wv.weight",
     "blk.{}.attn_output.weight": "layers.{}.attention.wo.weight",
+    "blk.{}.attn_q.bias": "layers.{}.attention.wq.bias",
+    "blk.{}.attn_k.bias": "layers.{}.attention.wk.bias",
+    "blk.{}.attn_v.bias": "layers.{}.attention.wv.bias",
     "blk.{}.attn_q_norm.weight": "layers.{}.attention.q_norm_fn.weight",
     "blk.{}.attn_k_norm.weight": "layers.{}.attention.k_norm_fn.weight",
     "blk.{}.ffn_gate.weight": "layers.{}.feed_forward.w1.weight",
@@ -136,6 +149,15 @@ def _qwen3_args_from_hf(config: dict) -> dict[str, Any]:
     return args
 
 
+def _qwen2_args_from_hf(config: dict) -> dict[str, Any]:
+    if config.get("use_sliding_window"):
+        raise ValueError("use_sliding_window=true is not supported by ExecuTorch's qwen2_5 definition")
+    # Qwen2 always has q/k/v biases (its config has no attention_bias key); HF rotary layout.
+    args = _llama_args_from_hf({**config, "attention_bias": True})
+    args.update(use_hf_rope=True)
+    return args
+
+
 def _f32(value) -> float:
     """A float GGUF stored as float32, as the decimal its author wrote (1e-05, not 9.9999997e-06)."""
     import struct
@@ -172,6 +194,13 @@ class Family:
     default_metadata: dict[str, Any] = field(default_factory=dict)
     #: GGUF ``general.architecture`` values this family reads.
     gguf_archs: tuple[str, ...] = ("llama",)
+    #: ModelArgs the family always sets (GGUF metadata does not say them), e.g. Qwen3's q/k norm.
+    fixed_args: dict[str, Any] = field(default_factory=dict)
+    #: HF ``config.json`` ``model_type`` values this family reads (family inference, contradiction check).
+    hf_model_types: tuple[str, ...] = ("llama",)
+    #: HF weight converter ``(name, tensor, model_args) -> [(meta name, tensor), ...]`` ([] skips the
+    #: weight, None means unknown); None: ``HF_TO_META`` plus the q/k un-permutation. See hybrid_families.
+    hf_weights: Callable[[str, Any, dict], Any] | None = None
 
     def model_args_from_hf(self, config: dict) -> dict[str, Any]:
         """ModelArgs kwargs from an HF ``config.json`` dict."""
@@ -210,8 +239,7 @@ class Family:
         scaling = get("rope.scaling.type")
         if scaling not in (None, "none"):
             raise ValueError(f"GGUF rope scaling '{scaling}' is not supported")
-        if self.hf_rope:
-            args.update(use_qk_norm=True, qk_norm_before_rope=True, use_hf_rope=True)
+        args.update(self.fixed_args)
         return args
 
 
@@ -252,8 +280,109 @@ _register(
         hf_rope=True,
         default_metadata={"get_bos_id": 151644, "get_eos_ids": [151645]},
         gguf_archs=("qwen3",),
+        hf_model_types=("qwen3",),
+        fixed_args={"use_qk_norm": True, "qk_norm_before_rope": True, "use_hf_rope": True},
     )
 )
+
+# -- FAMA (issue 15 part A): the other llama variants export_llm knows, and Qwen2.5 ----------
+
+_LLAMA3_METADATA = {"get_bos_id": 128000, "get_eos_ids": [128009, 128001]}
+
+_register(
+    Family(
+        name="llama2",
+        description="Llama 2 (7B, 13B): plain rope (theta 10000), SentencePiece vocabulary of 32000",
+        from_hf=_llama_args_from_hf,
+        default_metadata={"get_bos_id": 1, "get_eos_ids": [2]},
+    )
+)
+_register(
+    Family(
+        name="llama3",
+        description="Llama 3 (8B, 70B): GQA, rope theta 500000 without scaling, vocabulary 128256",
+        from_hf=_llama_args_from_hf,
+        default_metadata=_LLAMA3_METADATA,
+    )
+)
+_register(
+    Family(
+        name="llama3_1",
+        description="Llama 3.1 (8B, 70B): llama3 rope scaling with factor 8",
+        from_hf=_llama_args_from_hf,
+        # export_llama keeps ModelArgs' rope_scale_factor (8) for llama3 and llama3_1.
+        meta_overrides={"rope_scale_factor": 8},
+        default_metadata=_LLAMA3_METADATA,
+    )
+)
+_register(
+    Family(
+        name="qwen2_5",
+        description="Qwen2.5 (0.5B, 1.5B, Coder 32B): q/k/v biases, HF rotary layout, tied output in the small sizes",
+        from_hf=_qwen2_args_from_hf,
+        hf_rope=True,
+        default_metadata={"get_bos_id": 151643, "get_eos_ids": [151645, 151643]},
+        gguf_archs=("qwen2",),
+        hf_model_types=("qwen2",),
+        fixed_args={"attention_qkv_bias": True, "use_hf_rope": True},
+    )
+)
+
+
+def _llama_variant(vocab: int, rope_factor: float | None, dim: int = 0) -> str:
+    """Which llama-architecture family a checkpoint is, from its vocabulary and rope scaling.
+
+    The variants share the architecture; what differs is the vocabulary
+    (SentencePiece 32000 for Llama 2, tiktoken 128256 for Llama 3, 49152 for
+    SmolLM2) and llama3 rope scaling (none for 3.0, factor 8 for 3.1, 32 for 3.2).
+    Anything else is read as ``llama3_2``, the default before these variants existed.
+    """
+    if vocab == 49152:
+        return "smollm2"
+    if vocab == 32000:
+        return "llama2"
+    if vocab == 128256:
+        if rope_factor is None:
+            return "llama3"
+        if float(rope_factor) == 8.0:
+            return "llama3_1"
+    return "llama3_2"
+
+
+def gguf_archs() -> dict[str, list[str]]:
+    """GGUF ``general.architecture`` -> the families that read it (first: the default)."""
+    out: dict[str, list[str]] = {}
+    for fam in FAMILIES.values():
+        for arch in fam.gguf_archs:
+            out.setdefault(arch, []).append(fam.name)
+    return dict(sorted(out.items()))
+
+
+def family_for_gguf(fields: dict, hint: str | None = None, rope_factor: float | None = None) -> Family:
+    """The family for a GGUF file's metadata (``general.architecture``, vocabulary); ``hint`` wins if it fits.
+
+    Raises ValueError naming the architecture found and the supported ones,
+    or a hint that does not read this architecture.
+    """
+    arch = str(fields.get("general.architecture"))
+    by_arch = gguf_archs()
+    supported = ", ".join(by_arch)
+    if arch not in by_arch:
+        raise ValueError(f"GGUF architecture '{arch}' is not supported (supported: {supported})")
+    if hint:
+        family = get_family(hint)
+        if arch not in family.gguf_archs:
+            raise ValueError(
+                f"family '{hint}' does not match the file's GGUF architecture '{arch}' "
+                f"(families reading '{arch}': {', '.join(by_arch[arch])})"
+            )
+        return family
+    if arch != "llama":
+        return FAMILIES[by_arch[arch][0]]
+    vocab = fields.get("llama.vocab_size") or len(fields.get("tokenizer.ggml.tokens", []))
+    if fields.get("tokenizer.ggml.pre") == "smollm":
+        return FAMILIES["smollm2"]
+    return FAMILIES[_llama_variant(int(vocab), rope_factor)]
 
 
 def get_family(name: str) -> Family:
@@ -264,16 +393,44 @@ def get_family(name: str) -> Family:
         raise ValueError(f"unknown model family '{name}' (known: {', '.join(sorted(FAMILIES))})") from None
 
 
+#: HF ``model_type`` values that are known and refused, with the reason (docs/models.md lists them).
+UNSUPPORTED_HF_MODEL_TYPES: dict[str, str] = {
+    "smollm3": "SmolLM3's NoPE layers (no_rope_layers) are not implemented by ExecuTorch's llama Transformer "
+    "(ModelArgs.no_rope_layer_interval is read only by the Qualcomm static_llama), and export_llm has no "
+    "smollm3 model type",
+}
+
+
 def family_for_hf_config(config: dict, hint: str | None = None) -> Family:
-    """Pick the family for an HF config; ``hint`` (checkpoint.json ``family``) wins."""
+    """The family for an HF ``config.json`` dict (``model_type``, vocabulary, rope scaling).
+
+    ``hint`` (a recipe's or checkpoint.json's ``family``) picks among the
+    families that read the config's ``model_type``; one that does not read
+    it is a ValueError, as is a refused or unknown ``model_type``.
+    """
+    model_type = str(config.get("model_type", "llama"))
+    if model_type in UNSUPPORTED_HF_MODEL_TYPES:
+        raise ValueError(f"model_type '{model_type}' is not supported: {UNSUPPORTED_HF_MODEL_TYPES[model_type]}")
+    readers = [f for f in FAMILIES.values() if model_type in f.hf_model_types]
     if hint:
-        return get_family(hint)
-    model_type = config.get("model_type", "llama")
-    if model_type == "qwen3" and "qwen3" in FAMILIES:
-        return FAMILIES["qwen3"]
+        family = get_family(hint)
+        if family not in readers:
+            fits = ", ".join(f.name for f in readers) or "none"
+            raise ValueError(
+                f"family '{hint}' does not match config.json model_type '{model_type}' (families reading it: {fits})"
+            )
+        return family
+    if not readers:
+        known = sorted({t for f in FAMILIES.values() for t in f.hf_model_types})
+        raise ValueError(f"model_type '{model_type}' is not supported (supported: {', '.join(known)})")
     if model_type != "llama":
-        raise ValueError(f"model_type '{model_type}' is not supported (known families: {', '.join(sorted(FAMILIES))})")
-    # Both llama families share model_type "llama"; SmolLM2 has its own vocabulary size.
-    if int(config.get("vocab_size", 0)) == 49152:
-        return FAMILIES["smollm2"]
-    return FAMILIES["llama3_2"]
+        return readers[0]
+    # The llama families share model_type "llama": vocabulary and rope scaling tell them apart.
+    params = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling") or params
+    factor = scaling.get("factor") if (scaling or {}).get("rope_type", scaling.get("type")) == "llama3" else None
+    return FAMILIES[_llama_variant(int(config.get("vocab_size", 0)), factor)]
+
+
+# Families whose HF weights need more than a rename register themselves (after Family exists).
+from . import hybrid_families  # noqa: E402,F401

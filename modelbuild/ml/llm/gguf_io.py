@@ -1,38 +1,49 @@
-"""GGUF reading (with dequantization) and writing, with the ``gguf`` package.
+"""GGUF reading (with dequantization), loading and writing, with the ``gguf`` package.
 
 :func:`read_gguf` returns the metadata fields (decoded to Python values) and
 every tensor dequantized to a float32 torch tensor in its numpy (row-major)
-shape, keyed by llama.cpp's tensor names.
+shape, keyed by llama.cpp's tensor names. Each tensor is dequantized by the
+``gguf`` package's own function for its type, so one file may mix types
+(llama.cpp's ``Q4_K_M`` files hold Q4_K, Q6_K and F32 tensors side by side).
 
-:func:`write_gguf_from_hf` writes a llama-architecture GGUF file from an
-HF-layout checkpoint the way llama.cpp's ``convert_hf_to_gguf.py`` does:
-llama.cpp tensor names, q/k rows un-permuted to Meta's interleaved rotary
-layout, and the BPE tokenizer as ``tokenizer.ggml.*`` ("gpt2" model). It is
-what the weight-conversion tests use to make a GGUF file they can check.
+:func:`load_gguf_checkpoint` maps such a file onto ExecuTorch's llama
+``Transformer`` (a ``LoadedCheckpoint``). What real files differ in:
+
+- the architecture (``general.architecture``): ``llama`` (Llama 2/3/3.1/3.2,
+  SmolLM2), ``qwen2`` (Qwen2.5), ``qwen3``. Anything else fails at once with
+  one line naming what was found and what is supported;
+- the rotary layout: llama.cpp's converter un-permutes q/k rows for the llama
+  architecture only (Meta's interleaved layout, what ExecuTorch's default
+  rope wants); qwen2/qwen3 keep Hugging Face's layout, which their families
+  run with ExecuTorch's HF rope. So both load as stored;
+- tied or untied output: ``output.weight`` is there or the embedding is reused;
+- the tokenizer: BPE (``tokenizer.ggml.model = "gpt2"``) rebuilt into a
+  ``tokenizer.json`` with the splitting rules ``tokenizer.ggml.pre`` names, or
+  SentencePiece (``"llama"``) rebuilt into a ``tokenizer.model``;
+- ``tokenizer.chat_template``, carried to the package metadata.
+
+:func:`write_gguf_from_hf` (in :mod:`.gguf_write`, re-exported here) writes
+a GGUF file from an HF-layout checkpoint the way llama.cpp's converter does.
 
 Example::
 
-    write_gguf_from_hf(Path("ckpt"), Path("model.gguf"), qtype="F32")
+    write_gguf_from_hf(Path("ckpt"), Path("model.gguf"), qtype="Q8_0")
     fields, tensors = read_gguf(Path("model.gguf"))
+    ckpt = load_gguf_checkpoint(Path("model.gguf"))
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_gguf", "write_gguf_from_hf"]
+__all__ = ["read_gguf", "read_gguf_fields", "load_gguf_checkpoint", "write_gguf_from_hf"]
 
 
-def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(fields, tensors)`` of a GGUF file; tensors are float32 torch tensors."""
-    import numpy as np
-    import torch
-    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
-    from gguf.quants import dequantize
 
-    reader = GGUFReader(str(path), "r")  # memory-mapped
+def _fields(reader) -> dict[str, Any]:
+    from gguf import GGUFValueType
+
     fields: dict[str, Any] = {}
     for name, field in reader.fields.items():
         if name.startswith("GGUF.") or not field.types:
@@ -41,154 +52,172 @@ def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         if field.types[0] == GGUFValueType.ARRAY and field.types[-1] != GGUFValueType.STRING:
             value = list(value)
         fields[name] = value
+    return fields
+
+
+def read_gguf_fields(path: Path) -> dict[str, Any]:
+    """The metadata of a GGUF file (memory-mapped; no tensor is read)."""
+    from gguf import GGUFReader
+
+    return _fields(GGUFReader(str(path), "r"))
+
+
+def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(fields, tensors)`` of a GGUF file; tensors are float32 torch tensors."""
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(str(path), "r")  # memory-mapped
+    fields = _fields(reader)
     tensors: dict[str, Any] = {}
     for t in reader.tensors:
         shape = [int(d) for d in reversed(t.shape)]  # GGUF lists dims fastest-first
-        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-            arr = np.asarray(t.data, dtype=np.float32)
-        else:
-            arr = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+        try:
+            arr = dequantize(t.data, t.tensor_type)
+        except NotImplementedError:
+            raise ValueError(f"{Path(path).name}: tensor {t.name} has type {t.tensor_type.name}, which the gguf "
+                             "package cannot dequantize") from None
         # A copy: the reader's arrays are read-only views of the mapped file.
         tensors[t.name] = torch.from_numpy(np.array(arr, dtype=np.float32).reshape(shape))
     return fields, tensors
 
 
-_HF_TO_GGUF = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-}
+# -- loading -------------------------------------------------------------------
 
 
-def _gguf_name(hf_name: str) -> str:
-    if hf_name in _HF_TO_GGUF:
-        return _HF_TO_GGUF[hf_name]
-    parts = hf_name.split(".")
-    # model.layers.{i}.<rest>
-    if parts[:2] != ["model", "layers"]:
-        raise ValueError(f"no GGUF name for {hf_name}")
-    return f"blk.{parts[2]}." + _HF_TO_GGUF[".".join(parts[3:])]
+def load_gguf_checkpoint(path: Path, family_hint: str | None = None):
+    """A ``LoadedCheckpoint`` from a ``.gguf`` file or a directory holding one.
+
+    The architecture is checked before any tensor is dequantized, so an
+    unsupported file fails at once (``CheckpointError``, one line).
+    """
+    from .checkpoint import CheckpointError, LoadedCheckpoint, _tie_output
+    from .families import GGUF_TO_META, family_for_gguf, map_name
+
+    path = Path(path)
+    file = path if path.is_file() else None
+    if file is None:
+        found = sorted(path.glob("*.gguf"))
+        if len(found) != 1:
+            raise CheckpointError(f"{path}: expected one *.gguf file, found {len(found)}")
+        file = found[0]
+    try:
+        family = family_for_gguf(read_gguf_fields(file), family_hint)
+    except ValueError as e:
+        raise CheckpointError(f"{file.name}: {e}") from None
+    try:
+        fields, tensors = read_gguf(file)
+        args = family.model_args_from_gguf(fields)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{file.name}: {e}") from None
+    sd: dict[str, Any] = {}
+    for name, t in tensors.items():
+        if name == "rope_freqs.weight":
+            continue
+        target = map_name(name, GGUF_TO_META)
+        if target is None:
+            raise CheckpointError(f"{file.name}: unexpected tensor {name} for family {family.name}")
+        sd[target] = t
+    if "rope_freqs.weight" in tensors:
+        args.update(_llama3_scaling_from_rope_freqs(tensors["rope_freqs.weight"], args, file.name))
+        if not family_hint:  # the rope scale factor tells Llama 3.1 from 3.2
+            family = family_for_gguf(fields, None, rope_factor=args.get("rope_scale_factor"))
+    _tie_output(sd)
+    metadata: dict[str, Any] = {}
+    if "tokenizer.ggml.bos_token_id" in fields:
+        metadata["get_bos_id"] = int(fields["tokenizer.ggml.bos_token_id"])
+    if "tokenizer.ggml.eos_token_id" in fields:
+        eos = {int(fields["tokenizer.ggml.eos_token_id"])}
+        if "tokenizer.ggml.eot_token_id" in fields:  # chat models stop at end-of-turn too
+            eos.add(int(fields["tokenizer.ggml.eot_token_id"]))
+        metadata["get_eos_ids"] = sorted(eos)
+    try:
+        tokenizer_json, tokenizer_model = _gguf_tokenizer(fields)
+    except ValueError as e:
+        raise CheckpointError(f"{file.name}: {e}") from None
+    template = fields.get("tokenizer.chat_template")
+    return LoadedCheckpoint(
+        family=family,
+        format="gguf",
+        model_args=args,
+        state_dict=sd,
+        tokenizer_json=tokenizer_json,
+        tokenizer_model=tokenizer_model,
+        chat_template=str(template) if template else None,
+        metadata=metadata,
+        checkpoint_dtype="fp32",
+    )
 
 
-def _llama3_rope_factors(config: dict, head_dim: int):
-    """The ``rope_freqs`` tensor llama.cpp's converter writes for llama3 rope scaling."""
+def _llama3_scaling_from_rope_freqs(factors, args: dict, where: str) -> dict[str, Any]:
+    """ModelArgs rope scaling that reproduces llama.cpp's ``rope_freqs`` divisors.
+
+    llama.cpp stores llama3 scaling as one divisor per frequency. ExecuTorch
+    computes the same from (scale factor, high_freq_factor) with
+    low_freq_factor 1 and an 8192 original context; the scale factor is the
+    largest divisor, and the result is checked against the tensor so that
+    nothing is silently approximated.
+    """
     import math
 
-    import numpy as np
+    import torch
 
-    scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
-    base = float(config.get("rope_theta", scaling.get("rope_theta", 10000.0)))
-    factor = float(scaling["factor"])
-    low = float(scaling.get("low_freq_factor", 1.0))
-    high = float(scaling.get("high_freq_factor", 4.0))
-    old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
-    out = []
-    for i in range(0, head_dim, 2):
-        freq = 1.0 / base ** (i / head_dim)
-        wavelen = 2 * math.pi / freq
-        if wavelen < old_ctx / high:
-            out.append(1.0)
-        elif wavelen > old_ctx / low:
-            out.append(factor)
-        else:
-            smooth = (old_ctx / wavelen - low) / (high - low)
-            out.append(1.0 / ((1 - smooth) / factor + smooth))
-    return np.array(out, dtype=np.float32)
+    from executorch.examples.models.llama.rope import apply_scaling
+
+    from .checkpoint import CheckpointError
+
+    hd = args["head_dim"]
+    base = 1.0 / (args["rope_theta"] ** (torch.arange(0, hd, 2)[: hd // 2].float() / hd))
+    factor = float(factors.max())
+    factor_arg = int(factor) if factor.is_integer() else factor
+    for high in (4, 2, 8, 1.5, 3, 16):
+        expected = base / apply_scaling(base, factor_arg, high)
+        if torch.allclose(expected.float(), factors.float(), rtol=1e-4, atol=1e-4):
+            return {"use_scaled_rope": True, "rope_scale_factor": factor_arg, "high_freq_factor": high}
+    if math.isclose(factor, 1.0):
+        return {}
+    raise CheckpointError(f"{where}: rope_freqs do not match llama3 rope scaling ExecuTorch can express")
 
 
-def write_gguf_from_hf(hf_dir: Path, out: Path, qtype: str = "F32", name: str = "modelbuild") -> Path:
-    """Write ``out`` (a llama GGUF) from the HF checkpoint in ``hf_dir``.
+def _gguf_tokenizer(fields: dict) -> tuple[str | None, bytes | None]:
+    """``(tokenizer.json text, tokenizer.model bytes)`` rebuilt from GGUF metadata; one of them or neither."""
+    from .tokenizer import sentencepiece_model_from_vocab, tokenizer_json_from_vocab
 
-    ``qtype``: ``"F32"``, ``"F16"`` or ``"Q8_0"`` for 2-D weights (norms stay F32).
-    """
-    import numpy as np
-    from gguf import GGMLQuantizationType, GGUFWriter, TokenType
-    from gguf.quants import quantize
-    from safetensors import safe_open
+    model = fields.get("tokenizer.ggml.model")
+    if "tokenizer.ggml.tokens" not in fields:
+        return None, None
+    tokens = list(fields["tokenizer.ggml.tokens"])
+    types = list(fields.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    bos = fields.get("tokenizer.ggml.bos_token_id")
+    if model == "gpt2":
+        if "tokenizer.ggml.merges" not in fields:
+            raise ValueError('a "gpt2" (BPE) tokenizer without tokenizer.ggml.merges')
+        special = [i for i, ty in enumerate(types) if ty in (3, 4)]  # CONTROL, USER_DEFINED
+        add_bos = bool(fields.get("tokenizer.ggml.add_bos_token", False))
+        pre = str(fields.get("tokenizer.ggml.pre", "default"))
+        text = tokenizer_json_from_vocab(
+            tokens, list(fields["tokenizer.ggml.merges"]), special, bos if add_bos and bos is not None else None, pre
+        )
+        return text, None
+    if model == "llama":
+        scores = list(fields.get("tokenizer.ggml.scores", [0.0] * len(tokens)))
+        data = sentencepiece_model_from_vocab(
+            tokens,
+            scores,
+            types,
+            bos_id=bos,
+            eos_id=fields.get("tokenizer.ggml.eos_token_id"),
+            unk_id=fields.get("tokenizer.ggml.unknown_token_id"),
+            add_space_prefix=bool(fields.get("tokenizer.ggml.add_space_prefix", True)),
+        )
+        return None, data
+    raise ValueError(f"tokenizer.ggml.model '{model}' is not supported (supported: gpt2, llama)")
 
-    from .checkpoint import hf_to_meta_qk
-    from .families import _rope_from_hf
 
-    config = json.loads((hf_dir / "config.json").read_text())
-    rope = _rope_from_hf(config)
-    n_heads = config["num_attention_heads"]
-    n_kv = config.get("num_key_value_heads", n_heads)
-    dim = config["hidden_size"]
-    head_dim = config.get("head_dim") or dim // n_heads
+def write_gguf_from_hf(*args, **kwargs):
+    """See :func:`modelbuild.ml.llm.gguf_write.write_gguf_from_hf`."""
+    from .gguf_write import write_gguf_from_hf as _write
 
-    w = GGUFWriter(str(out), "llama")
-    w.add_name(name)
-    w.add_context_length(int(config.get("max_position_embeddings", 2048)))
-    w.add_embedding_length(dim)
-    w.add_block_count(config["num_hidden_layers"])
-    w.add_feed_forward_length(config["intermediate_size"])
-    w.add_head_count(n_heads)
-    w.add_head_count_kv(n_kv)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(rope["rope_theta"]))
-    w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-5)))
-    w.add_vocab_size(config["vocab_size"])
-    w.add_file_type({"F32": 0, "F16": 1, "Q8_0": 7}[qtype])
-
-    tok = json.loads((hf_dir / "tokenizer.json").read_text())
-    vocab = dict(tok["model"]["vocab"])
-    for added in tok.get("added_tokens", []):
-        vocab[added["content"]] = added["id"]
-    special = {a["id"] for a in tok.get("added_tokens", [])}
-    size = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(size)]
-    types = [TokenType.UNUSED] * size
-    for text, i in vocab.items():
-        tokens[i] = text
-        types[i] = TokenType.CONTROL if i in special else TokenType.NORMAL
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("llama-bpe")
-    w.add_token_list(tokens)
-    w.add_token_types([int(t) for t in types])
-    w.add_token_merges(merges)
-    gen_path = hf_dir / "generation_config.json"
-    gen = json.loads(gen_path.read_text()) if gen_path.exists() else config
-    bos = gen.get("bos_token_id")
-    eos = gen.get("eos_token_id")
-    if bos is not None:
-        w.add_bos_token_id(int(bos))
-        w.add_add_bos_token(True)
-    if eos is not None:
-        w.add_eos_token_id(int(eos[0] if isinstance(eos, list) else eos))
-
-    if rope.get("use_scaled_rope"):
-        # llama.cpp stores llama3 rope scaling as per-frequency divisors.
-        w.add_tensor("rope_freqs.weight", _llama3_rope_factors(config, head_dim))
-
-    qt = getattr(GGMLQuantizationType, qtype)
-    with safe_open(str(next(iter(sorted(hf_dir.glob("*.safetensors"))))), framework="pt") as f:
-        for key in sorted(f.keys()):
-            t = f.get_tensor(key).float()
-            if key.endswith("self_attn.q_proj.weight"):
-                t = hf_to_meta_qk(t, n_heads)  # what llama.cpp's converter does
-            elif key.endswith("self_attn.k_proj.weight"):
-                t = hf_to_meta_qk(t, n_kv)
-            arr = t.numpy().astype(np.float32)
-            if arr.ndim == 1 or qtype == "F32":
-                w.add_tensor(_gguf_name(key), arr)
-            elif qtype == "F16":
-                w.add_tensor(_gguf_name(key), arr.astype(np.float16))
-            else:
-                w.add_tensor(_gguf_name(key), quantize(arr, qt), raw_dtype=qt)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return out
+    return _write(*args, **kwargs)

@@ -109,13 +109,14 @@ def load_llm(
     )
     model = build_transformer(ckpt, args, dtype)
     tokenizer = ckpt.tokenizer
-    if ckpt.tokenizer_json is not None:
+    rebuilt = ckpt.tokenizer_json.encode() if ckpt.tokenizer_json is not None else ckpt.tokenizer_model
+    if rebuilt is not None:
         if tokenizer_dir is None:
             import hashlib
             import tempfile
 
             # Content-addressed, so repeated loads reuse one file instead of piling up.
-            digest = hashlib.sha256(ckpt.tokenizer_json.encode()).hexdigest()[:16]
+            digest = hashlib.sha256(rebuilt).hexdigest()[:16]
             tokenizer_dir = Path(tempfile.gettempdir()) / "modelbuild-gguf-tokenizers" / digest
         tokenizer = ckpt.write_tokenizer(Path(tokenizer_dir))
     return model, args, tokenizer

@@ -24,6 +24,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from .synthetic_sizes_a import SIZES_A, tokenizer_spec_a
+from .synthetic_sizes_b import SIZES_B, tensor_specs_b, tokenizer_spec_b
+
 __all__ = ["SIZES", "TOKENIZER_VOCAB", "write_synthetic_checkpoint", "tensor_specs"]
 
 _LLAMA3_ROPE = {
@@ -126,6 +129,11 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# llama2, llama3, llama3_1, qwen2_5, qwen3 (issue 15 part A): see synthetic_sizes_a.
+SIZES.update(SIZES_A)
+# phi_4_mini, lfm2, qwen3_5 (issue 15 part B): see synthetic_sizes_b.
+SIZES.update(SIZES_B)
+
 #: Trained (non-special) tokenizer size for shapes whose vocabulary is too big
 #: to train on the small corpus; the model vocabulary is then larger.
 TOKENIZER_VOCAB = 512
@@ -151,6 +159,9 @@ _SPECIALS_SMOLLM2 = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
 
 def _tokenizer_spec(architecture: str, config: dict) -> tuple[dict[str, int], str, str]:
     """(specials, bos token, eos token) for an architecture and size."""
+    spec_b = tokenizer_spec_b(architecture, config)
+    if spec_b is not None:
+        return spec_b
     if architecture == "smollm2":
         return _SPECIALS_SMOLLM2, "<|im_start|>", "<|im_end|>"
     if config["vocab_size"] > 128000:
@@ -163,6 +174,9 @@ def tensor_specs(config: dict) -> list[tuple[str, tuple[int, ...], str]]:
 
     ``init`` is ``"normal"`` (std 0.02) or ``"ones"`` (norm weights).
     """
+    specs_b = tensor_specs_b(config)  # phi3, lfm2, qwen3_5 layouts
+    if specs_b is not None:
+        return specs_b
     dim = config["hidden_size"]
     heads = config["num_attention_heads"]
     kv = config["num_key_value_heads"]
@@ -188,6 +202,14 @@ def tensor_specs(config: dict) -> list[tuple[str, tuple[int, ...], str]]:
             (p + "input_layernorm.weight", (dim,), "ones"),
             (p + "post_attention_layernorm.weight", (dim,), "ones"),
         ]
+        if config.get("model_type") == "qwen2" or config.get("attention_bias"):
+            specs += [
+                (p + "self_attn.q_proj.bias", (heads * hd,), "normal"),
+                (p + "self_attn.k_proj.bias", (kv * hd,), "normal"),
+                (p + "self_attn.v_proj.bias", (kv * hd,), "normal"),
+            ]
+        if config.get("model_type") == "qwen3":
+            specs += [(p + "self_attn.q_norm.weight", (hd,), "ones"), (p + "self_attn.k_norm.weight", (hd,), "ones")]
     return sorted(specs)
 
 
@@ -220,8 +242,8 @@ def _write_safetensors(path: Path, specs, dtype_name: str, seed: int) -> None:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for name, shape, init in specs:  # same (sorted) order as the offsets
-            if init == "ones":
-                t = torch.ones(shape, dtype=torch.float32)
+            if init in ("ones", "zeros"):
+                t = (torch.ones if init == "ones" else torch.zeros)(shape, dtype=torch.float32)
             else:
                 gen.manual_seed(_tensor_seed(seed, name))
                 t = torch.randn(shape, generator=gen, dtype=torch.float32).mul_(0.02)
@@ -249,10 +271,24 @@ def write_synthetic_checkpoint(out_dir: Path, architecture: str, size: str, seed
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    specials, bos, eos = _tokenizer_spec(architecture, config)
     trained = min(config["vocab_size"], TOKENIZER_VOCAB)
-    (out_dir / "tokenizer.json").write_text(build_bpe_tokenizer(trained, specials, bos), encoding="utf-8")
-    _dump(out_dir / "tokenizer_config.json", tokenizer_config(bos, eos))
+    spec_a = tokenizer_spec_a(architecture, config)
+    if spec_a is not None and spec_a["kind"] == "spm":
+        from .tokenizer import build_sentencepiece_tokenizer
+
+        (out_dir / "tokenizer.model").write_bytes(build_sentencepiece_tokenizer(trained))
+        bos, eos = spec_a["bos"], spec_a["eos"]
+    elif spec_a is not None:
+        specials, bos, eos = spec_a["specials"], spec_a["bos"], spec_a["eos"]
+        text = build_bpe_tokenizer(trained, specials, bos, pre=spec_a["pre"])
+        (out_dir / "tokenizer.json").write_text(text, encoding="utf-8")
+    else:
+        specials, bos, eos = _tokenizer_spec(architecture, config)
+        (out_dir / "tokenizer.json").write_text(build_bpe_tokenizer(trained, specials, bos), encoding="utf-8")
+    tok_config = tokenizer_config(bos, eos)
+    if spec_a is not None and spec_a["kind"] == "spm":
+        tok_config["tokenizer_class"] = "LlamaTokenizer"  # a tokenizer.model, no tokenizer.json
+    _dump(out_dir / "tokenizer_config.json", tok_config)
     _dump(
         out_dir / "generation_config.json",
         {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"], "do_sample": False},

@@ -1,0 +1,146 @@
+"""A fresh clone with a warm remote cache versus building: how long it takes to get an artifact.
+
+An origin cache builds TARGET and pushes its chain (`cache push`) to a remote;
+then a *fresh clone* (the same recipes, an empty cache and out dir) builds
+TARGET with `--remote-cache`, which downloads and verifies the results instead
+of running the steps. Remotes: an S3-compatible server (moto, in its own
+process on 127.0.0.1) through s3fs, and a directory (file://).
+
+By default TARGET is a synthetic ~100 MB artifact made by a command step (so
+the "build" column is only the cost of writing 100 MB from Python: the pull
+is compared with the cheapest possible rebuild). With ``--project DIR
+--target NAME`` it is a real recipe target (e.g. the repository's
+``tiny-llama-pte``), built from scratch in a scratch cache. Run:
+
+    .venv/bin/python bench/bench_remote.py [--size-mb 100]
+    .venv/bin/python bench/bench_remote.py --project . --target tiny-llama-pte
+
+Loopback figures: no network latency or bandwidth limit; the moto server is a
+single Python process, so the S3 column measures s3fs + moto + verification,
+not what a real bucket would give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+RECIPE = """
+default = "big"
+
+[targets.big]
+step = "command"
+command = ["python", "-c", "import random, os; r = random.Random(0); f = open(os.environ['MODELBUILD_OUT'] + '/model.bin', 'wb'); [f.write(r.randbytes(min(1 << 24, {size} - i))) for i in range(0, {size}, 1 << 24)]"]
+outs = ["model.bin"]
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise SystemExit("moto server did not start")
+    return proc, endpoint
+
+
+def timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-mb", type=float, default=100.0, help="size of the synthetic artifact")
+    ap.add_argument("--project", type=Path, help="a project with recipes/ (default: a synthetic one)")
+    ap.add_argument("--target", help="the target to build (with --project)")
+    ap.add_argument("-j", "--jobs", type=int, default=None)
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` too stops the moto server and cleans up
+
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    from modelbuild.api import build, cache_push
+
+    work = Path(tempfile.mkdtemp(prefix="bench-remote-"))
+    proc, endpoint = start_moto()
+    os.environ["AWS_ENDPOINT_URL"] = endpoint  # s3fs/botocore read it: no project file needed
+    try:
+        import s3fs
+
+        s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bench")
+        if args.project is None:
+            project = work / "proj"
+            (project / "recipes").mkdir(parents=True)
+            (project / "recipes" / "main.toml").write_text(RECIPE.format(size=int(args.size_mb * 1e6)))
+            target = "big"
+        else:
+            project, target = args.project.resolve(), args.target
+            if not target:
+                raise SystemExit("--project needs --target")
+
+        def run(name: str, **kw):
+            return build([target], project=project, cache_dir=work / name / "cache", out_dir=work / name / "out",
+                         jobs=args.jobs, **kw)
+
+        t_build, origin = timed(lambda: run("origin"))
+        if not origin.ok:
+            log = work / "origin" / "cache" / "logs" / f"{target}.log"
+            raise SystemExit(f"build failed: {[r.reason for r in origin.targets.values()]}\n{log.read_text() if log.exists() else ''}")
+        size = origin.targets[target].size or 0
+        steps = len(origin.targets)
+        rows = [("build from scratch (origin)", t_build, f"{steps} step(s) run")]
+        for label, url in (("loopback S3 (moto)", "s3://bench/cache"), ("file://", (work / "remote").as_uri())):
+            t_push, pushed = timed(lambda: cache_push([target], project=project, cache_dir=work / "origin" / "cache",
+                                                      remote_cache=url))
+            assert pushed.ok, pushed.rows
+            rows.append((f"cache push to {label}", t_push, f"{pushed.blobs} blob(s), {pushed.bytes / 1e6:.1f} MB"))
+            clone = "clone-s3" if "s3" in url else "clone-file"
+            t_pull, got = timed(lambda: run(clone, remote_cache=url))
+            hits = sum(1 for r in got.targets.values() if r.remote_hit)
+            assert got.ok and hits == steps, {n: (r.status, r.reason) for n, r in got.targets.items()}
+            got_mb = sum(r.size or 0 for r in got.targets.values()) / 1e6
+            rows.append((f"fresh clone build, {label}", t_pull,
+                         f"{hits} remote hit(s), {got_mb:.0f} MB at {got_mb / t_pull:.0f} MB/s; x{t_build / t_pull:.1f} vs build"))
+        t_local, again = timed(lambda: run("clone-s3"))
+        rows.append(("same clone again (local hits)", t_local, f"{sum(1 for r in again.targets.values() if r.status == 'cached')} cached"))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\ntarget {target}: {size / 1e6:.1f} MB final artifact, {steps} step(s) in its chain; "
+          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}\n")
+    print(f"| {'what':<40} | {'seconds':>8} | note")
+    print(f"|{'-' * 42}|{'-' * 10}|------")
+    for what, seconds, note in rows:
+        print(f"| {what:<40} | {seconds:8.2f} | {note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""A real Dask cluster on 127.0.0.1 for the executor tests, and the step plugins they route.
+
+The scheduler runs in the test process (a real ``distributed.Scheduler`` on
+TCP); each worker is its own process under a ``Nanny``:
+
+- ``linux-1``: advertises ``linux=1, cpu=1``;
+- ``mac-standin``: advertises ``macos=1``. It is a Linux process standing in
+  for a Mac (no Mac in CI): ``MODELBUILD_HOST_PLATFORM=macos`` in its
+  environment makes its host check say macOS. Routing is what is tested, not
+  Core ML.
+
+``allowed-failures`` is 0, so a worker that dies while running a step fails
+that step at once (the default lets the scheduler try 3 more workers).
+
+Steps of the plugin (no ML): ``whereami`` needs macOS and writes the name of
+the worker it ran on (``$MODELBUILD_WORKER``); ``needsxcode`` needs macOS and
+``xcrun`` (the ``xcode`` resource, which no worker here has); ``macwait`` needs
+macOS and runs until a file appears (writing its process id first, if asked);
+``linuxfail`` needs Linux and fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["start_cluster", "install_steps", "WORKERS", "CONFIG"]
+
+WORKERS = {
+    "linux-1": {"linux": 1, "cpu": 1},
+    "mac-standin": {"macos": 1},
+}
+
+SOURCE = '''
+import os
+import time
+
+from modelbuild.step import Input, Params, Requirements, Step, StepError
+
+
+class WhereAmI(Step):
+    name = "whereami"
+    inputs = {"src": Input(kinds=("any",), optional=True)}
+    output = "files"
+    requires = Requirements(platforms=("macos",))
+
+    def run(self, ctx):
+        (ctx.out / "where.txt").write_text(os.environ.get("MODELBUILD_WORKER", "here"))
+
+
+class WaitParams(Params):
+    release: str
+    tag: str = ""
+    pidfile: str = ""
+
+
+class MacWait(Step):
+    """Needs macOS; waits until the file ``release`` exists (the test decides when it ends)."""
+
+    name = "macwait"
+    output = "files"
+    requires = Requirements(platforms=("macos",))
+    Params = WaitParams
+
+    def run(self, ctx):
+        if ctx.params.pidfile:
+            with open(ctx.params.pidfile + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(ctx.params.pidfile + ".tmp", ctx.params.pidfile)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(ctx.params.release) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (ctx.out / "ran").write_text(ctx.params.tag)
+
+
+class LinuxFail(Step):
+    name = "linuxfail"
+    output = "files"
+    requires = Requirements(platforms=("linux",))
+
+    def run(self, ctx):
+        raise StepError("failed on purpose")
+
+
+class NeedsXcode(Step):
+    name = "needsxcode"
+    output = "files"
+    requires = Requirements(platforms=("macos",), tools=("xcrun",))
+
+    def run(self, ctx):
+        (ctx.out / "x").write_text("compiled")
+'''
+
+
+def install_steps(folder: Path) -> Path:
+    """Write the plugin (module + dist-info) under ``folder`` and put it on sys.path.
+
+    Subprocesses get it through their environment (``PYTHONPATH``): the ML
+    import guard (tests/ml_guard.py) resets os.environ's after each test.
+    """
+    dist = folder / "mb_dask_steps-0.1.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (folder / "mb_dask_steps.py").write_text(SOURCE)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mb-dask-steps\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[modelbuild.steps]\nwhereami = mb_dask_steps:WhereAmI\nneedsxcode = mb_dask_steps:NeedsXcode\n"
+        "macwait = mb_dask_steps:MacWait\nlinuxfail = mb_dask_steps:LinuxFail\n")
+    sys.path.insert(0, str(folder))
+    return folder
+
+
+#: allowed-failures 0: a worker dying mid-step fails the step at once. No pre-spawn-environ:
+#: Dask's Nanny writes it (OMP_NUM_THREADS=1, ...) into the *calling* process's environment,
+#: which the other tests in this process must not inherit.
+CONFIG = {"distributed.scheduler.allowed-failures": 0, "distributed.nanny.pre-spawn-environ": {}}
+
+
+def start_cluster(plugins: Path, mac_cache: Path):
+    """A SpecCluster with the workers above, ``plugins`` on their path (call it under
+    ``dask.config.set(CONFIG)``; the caller closes it).
+
+    The Mac stand-in keeps its own cache (``mac_cache``): with a remote cache
+    tier it takes inputs from and gives outputs to the remote, as a Mac that
+    does not mount the build's cache would; without one it uses the build's.
+    """
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    env = {"PYTHONPATH": str(plugins), "MODELBUILD_HOST_PLATFORM": ""}
+    workers = {}
+    for name, resources in WORKERS.items():
+        worker_env = dict(env, MODELBUILD_HOST_PLATFORM="macos", MODELBUILD_WORKER_CACHE=str(mac_cache)) \
+            if "macos" in resources else env
+        workers[name] = {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "resources": resources,
+                                                   "env": worker_env, "memory_limit": 0}}
+    return SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}},
+        workers=workers, silence_logs=50)

@@ -1,0 +1,47 @@
+"""Requirements -> Dask worker resources, and the check against what workers advertise (no cluster needed)."""
+
+from __future__ import annotations
+
+from modelbuild.routing import demand, describe_workers, lacking
+from modelbuild.step import Requirements
+
+LINUX = {"cpu": 8, "linux": 1}
+MAC = {"macos": 1, "xcode": 1}
+
+
+def test_platforms_and_tools_become_resources():
+    assert demand(Requirements(), [LINUX, MAC]) == {}
+    assert demand(Requirements(platforms=("macos",), tools=("xcrun",)), [LINUX, MAC]) == {"macos": 1.0, "xcode": 1.0}
+    assert demand(Requirements(tools=("xcodebuild", "ffmpeg")), [LINUX]) == {"xcode": 1.0, "ffmpeg": 1.0}
+
+
+def test_a_step_accepting_several_platforms_takes_one_the_cluster_has():
+    either = Requirements(platforms=("linux", "macos"))
+    assert demand(either, [MAC]) == {"macos": 1.0}
+    assert demand(either, [LINUX, MAC]) == {"linux": 1.0}
+    assert demand(either, [{"cpu": 4}]) == {"linux": 1.0}  # none: the first, which the check then refuses
+
+
+def test_memory_is_a_demand_only_where_workers_count_it():
+    big = Requirements(memory_gb=40)
+    assert demand(big, [LINUX, MAC]) == {}
+    assert demand(big, [{"memory_gb": 64}, LINUX]) == {"memory_gb": 40.0}
+    assert lacking({"memory_gb": 40.0}, [{"memory_gb": 32}]) == "no worker with memory_gb>=40"
+    assert lacking({"memory_gb": 40.0}, [{"memory_gb": 32}, {"memory_gb": 64}]) is None
+
+
+def test_lacking_names_what_no_single_worker_has():
+    assert lacking({}, [LINUX]) is None
+    assert lacking({}, []) == "no worker in the cluster"
+    assert lacking({"macos": 1.0}, [LINUX]) == "no worker with macos"
+    assert lacking({"macos": 1.0, "xcode": 1.0}, [LINUX, {"macos": 1}]) == "no worker with xcode"
+    # Each exists, but never on one worker.
+    assert lacking({"macos": 1.0, "xcode": 1.0}, [{"macos": 1}, {"xcode": 1}]) == "no worker with all of macos, xcode"
+    assert lacking({"macos": 1.0, "xcode": 1.0}, [LINUX, MAC]) is None
+
+
+def test_the_cluster_is_described_for_people():
+    assert describe_workers({}) == "no workers"
+    assert describe_workers({"mac": MAC, "ci-1": LINUX, "bare": {}}) == \
+        "bare (no resources); ci-1 (cpu=8, linux=1); mac (macos=1, xcode=1)"
+    assert describe_workers({"w": {"memory_gb": 0.5}}) == "w (memory_gb=0.5)"

@@ -1,0 +1,367 @@
+"""The shared remote cache (modelbuild/remote.py) against real remotes on this machine:
+a directory (``file://``) and an S3-compatible server on 127.0.0.1 (moto's
+ThreadedMotoServer) spoken to through s3fs. Command steps only, so these stay
+in the fast subset.
+
+One origin project builds a two-step chain once per module and pushes it to
+each test's own remote (a new directory or S3 prefix); each test then builds
+a fresh clone (same recipes and data, another directory, an empty cache).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from modelbuild.api import build, cache_pull, cache_push, plan
+from modelbuild.config import ConfigError, load_config
+from modelbuild.errors import ModelbuildError
+from modelbuild.remote import RemoteCache, RemoteUnavailable, redact
+from modelbuild.store import Store
+from tests.conftest import Project, run_cli
+from tests.plugin_steps import install_test_steps
+from tests.servers import Loopback, Reply
+
+TWO = """
+default = "b"
+
+[targets.a]
+step = "command"
+command = "cat {project}/data.txt > $MODELBUILD_OUT/a.txt; echo made >> $MODELBUILD_OUT/a.txt"
+deps = ["data.txt"]
+outs = ["a.txt"]
+
+[targets.b]
+step = "command"
+inputs = { src = "a" }
+command = "tr a-z A-Z < $MODELBUILD_INPUT_SRC/a.txt > $MODELBUILD_OUT/b.txt"
+outs = ["b.txt"]
+"""
+
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _project(root: Path, config: str = "") -> Project:
+    p = Project(root)
+    p.recipe(TWO)
+    p.file("data.txt", "data\n")
+    if config:
+        p.file("modelbuild.toml", textwrap.dedent(config))
+    return p
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory) -> Project:
+    """A project that has built a -> b (no remote involved)."""
+    p = _project(tmp_path_factory.mktemp("origin") / "proj")
+    result = p.build()
+    assert p.statuses(result) == {"a": "built", "b": "built"}
+    return p
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """An S3-compatible server on 127.0.0.1 (moto), with a bucket named ``team``."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in AWS.items():
+            mp.setenv(k, v)
+        import s3fs
+
+        s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True).mkdir("team")
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    for k, v in AWS.items():
+        monkeypatch.setenv(k, v)
+
+
+def _s3(endpoint: str):
+    import s3fs
+
+    return s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+
+
+@pytest.fixture(params=["file", "s3"])
+def remote(request, origin, tmp_path):
+    """(url, clone config, backend filesystem or None): a remote holding the origin's chain."""
+    if request.param == "file":
+        url, config = (tmp_path / "remote").as_uri(), ""
+    else:
+        endpoint = request.getfixturevalue("moto_endpoint")
+        request.getfixturevalue("aws")
+        url = f"s3://team/{request.node.name.replace('[', '-').rstrip(']')}"  # a prefix of its own
+        config = f'remote-options = {{ endpoint_url = "{endpoint}" }}\n'
+    origin.file("modelbuild.toml", config)
+    pushed = cache_push(["b"], project=origin.root, remote_cache=url)
+    assert {n: s for n, (s, _) in pushed.rows.items()} == {"a": "pushed", "b": "pushed"}, pushed.rows
+    return url, config
+
+
+def _blob_files(store_root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (store_root / "blobs").rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_fresh_clone_gets_the_artifacts_from_the_remote_without_running_steps(remote, origin, tmp_path):
+    url, config = remote
+    clone = _project(tmp_path / "clone", config)
+    planned = plan(["b"], project=clone.root, remote_cache=url)  # the build's own decision, nothing fetched
+    assert [(r.decision, r.reasons) for r in planned.rows] == [("hit", (f"remote hit: from {url}",))] * 2
+    result = clone.build(remote_cache=url)
+    assert clone.statuses(result) == {"a": "cached", "b": "cached"}
+    assert all(r.remote_hit and r.reason == f"remote hit: from {url}" for r in result.targets.values())
+    assert result.warnings == []
+    assert (clone.out / "b" / "b.txt").read_text() == "DATA\nMADE\n"
+    assert not list((clone.cache / "logs").iterdir())  # no step ran
+    # Now in the local store: the next build is a local hit, even without the remote.
+    again = clone.build()
+    assert {r.remote_hit for r in again.targets.values()} == {False}
+    assert clone.statuses(again) == {"a": "cached", "b": "cached"}
+    # Neither the remote's address nor credentials are in what was shared.
+    rc = RemoteCache(url, options={"endpoint_url": config.split('"')[1]} if config else None)
+    fs, root = rc._filesystem()
+    records = [fs.cat_file(p).decode() for p in fs.find(root + "/ac")]
+    leaks = ("testing", "127.0.0.1", str(origin.root), str(tmp_path))
+    assert len(records) == 2 and not [t for t in records if any(leak in t for leak in leaks)]
+
+
+@pytest.mark.slow
+def test_corrupt_remote_blob_is_rejected_and_the_step_rebuilt(remote, origin, tmp_path):
+    url, config = remote
+    clone = _project(tmp_path / "clone", config)
+    with Store(origin.cache) as store:  # where a's output is on the remote
+        entry = store.get_action(origin.build("a").targets["a"].key).manifest.entries[0]
+    rc = RemoteCache(url, options={"endpoint_url": config.split('"')[1]} if config else None)
+    fs, _ = rc._filesystem()
+    path = rc.blob_path(entry.digest, entry.executable)
+    good = fs.cat_file(path)
+    bad = good.replace(b"data", b"DATA")  # the same size: only the digest can tell
+    assert len(bad) == len(good) and bad != good
+    fs.pipe_file(path, bad)
+
+    result = clone.build(remote_cache=url, remote_upload=True)
+    a, b = result.targets["a"], result.targets["b"]
+    assert a.status == "built" and not a.remote_hit
+    assert a.reason.startswith("cache entry corrupt: a.txt: remote blob ") and "is corrupt" in a.reason
+    assert [w for w in result.warnings if "rejected" in w], result.warnings
+    assert b.status == "cached" and b.remote_hit  # a's rebuild is identical: b's key is unchanged
+    assert (clone.out / "a" / "a.txt").read_bytes() == good
+    assert bad not in _blob_files(clone.cache).values()  # never stored, never used
+    assert fs.cat_file(path) == good  # the upload replaced the corrupt blob
+
+
+def test_push_then_pull_round_trip(origin, tmp_path):
+    url = (tmp_path / "remote").as_uri()
+    origin.file("modelbuild.toml", "")
+    first = cache_push(["b"], project=origin.root, remote_cache=url)
+    assert [s for s, _ in first.rows.values()] == ["pushed", "pushed"] and first.blobs == 2
+    again = cache_push(["b"], project=origin.root, remote_cache=url)  # idempotent
+    assert [s for s, _ in again.rows.values()] == ["already there", "already there"] and again.blobs == 0
+    assert not [p for p in (tmp_path / "remote").rglob(".tmp-*")]  # written under temporary names, renamed
+
+    clone = _project(tmp_path / "clone", f'remote-cache = "{url}"\n')  # the URL from the project file
+    pulled = cache_pull(["b"], project=clone.root)
+    assert {n: s for n, (s, _) in pulled.rows.items()} == {"a": "pulled", "b": "pulled"} and pulled.ok
+    assert pulled.bytes == sum(len(v) for v in _blob_files(clone.cache).values())
+    assert [s for s, _ in cache_pull(["b"], project=clone.root).rows.values()] == ["already here"] * 2
+    clone.file("modelbuild.toml", "")  # no remote at all now: everything is local
+    result = clone.build()
+    assert clone.statuses(result) == {"a": "cached", "b": "cached"}
+    assert (clone.out / "b" / "b.txt").read_text() == "DATA\nMADE\n"
+
+
+MAC = """
+default = "after"
+[targets.mac]
+step = "maconly"
+[targets.after]
+step = "command"
+inputs = { x = "mac" }
+command = "cat $MODELBUILD_INPUT_X/x > $MODELBUILD_OUT/after.txt"
+outs = ["after.txt"]
+"""
+
+
+@pytest.mark.slow
+def test_a_result_this_host_cannot_build_comes_from_the_remote(tmp_path, monkeypatch):
+    """A Mac built `mac` and uploaded it; on this (non-macOS) host it is a remote hit, not
+    "unavailable". The Mac is a stand-in: MODELBUILD_HOST_PLATFORM=macos for the first build."""
+    install_test_steps(tmp_path, monkeypatch)
+    url = (tmp_path / "remote").as_uri()
+    mac = Project(tmp_path / "mac")
+    mac.recipe(MAC)
+    monkeypatch.setenv("MODELBUILD_HOST_PLATFORM", "macos")
+    built = mac.build(remote_cache=url, remote_upload=True)
+    assert mac.statuses(built) == {"mac": "built", "after": "built"} and not built.warnings
+    monkeypatch.setenv("MODELBUILD_HOST_PLATFORM", "linux")
+    here = Project(tmp_path / "linux")
+    here.recipe(MAC)
+    assert here.statuses(here.build()) == {"mac": "unavailable", "after": "skipped"}  # without the remote
+    result = here.build(remote_cache=url)
+    assert here.statuses(result) == {"mac": "cached", "after": "cached"}
+    assert result.targets["mac"].remote_hit and (here.out / "after" / "after.txt").read_text() == "mac"
+
+
+def test_push_of_results_not_built_here_says_so(tmp_path):
+    p = _project(tmp_path / "p")
+    done = cache_push(["b"], project=p.root, remote_cache=str(tmp_path / "remote"))
+    assert {s for s, _ in done.rows.values()} == {"not built here"} and done.ok
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", ["closed port", "500 errors"])
+def test_unreachable_remote_degrades_to_a_miss_with_a_warning(server, tmp_path, aws):
+    if server == "closed port":
+        endpoint, srv = f"http://127.0.0.1:{_closed_port()}", None
+    else:
+        srv = Loopback(lambda seen: Reply(500, b"<Error><Code>InternalError</Code></Error>")).__enter__()
+        endpoint = srv.url
+    try:
+        clone = _project(tmp_path / "clone", f'remote-options = {{ endpoint_url = "{endpoint}" }}\n')
+        result = clone.build(remote_cache="s3://team/cache", remote_upload=True)
+        assert clone.statuses(result) == {"a": "built", "b": "built"}
+        assert len(result.warnings) == 1, result.warnings  # said once, not once per target or upload
+        assert result.warnings[0].startswith("remote cache s3://team/cache unreachable while looking up a record: ")
+        assert result.warnings[0].endswith("; building locally")
+        with pytest.raises(RemoteUnavailable, match=r"^remote cache s3://team/cache unreachable while connecting"):
+            build(["a"], project=clone.root, remote_cache="s3://team/cache", remote_required=True)
+        if srv is not None:
+            assert srv.requests  # it was asked, and answered with errors
+    finally:
+        if srv is not None:
+            srv.__exit__(None, None, None)
+
+
+def test_concurrent_uploaders_of_one_key(origin, tmp_path):
+    url = (tmp_path / "remote").as_uri()
+    with Store(origin.cache) as store:
+        key = origin.build().targets["b"].key
+        record = store.get_action(key)
+        remotes = [RemoteCache(url) for _ in range(4)]
+        errors: list[BaseException] = []
+
+        def push(r):
+            try:
+                r.push(record, store)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=push, args=(r,)) for r in remotes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert sum(r.stats.records_pushed for r in remotes) >= 1
+        assert RemoteCache(url).find(key) == record
+    assert not [p for p in (tmp_path / "remote").rglob(".tmp-*")]
+
+
+def test_a_record_under_the_wrong_key_is_rejected(origin, tmp_path):
+    url = (tmp_path / "remote").as_uri()
+    keys = {n: r.key for n, r in origin.build().targets.items()}
+    origin.file("modelbuild.toml", "")
+    cache_push(["b"], project=origin.root, remote_cache=url)
+    rc = RemoteCache(url)
+    fs, _ = rc._filesystem()
+    fs.pipe_file(rc.record_path(keys["b"]), fs.cat_file(rc.record_path(keys["a"])))
+    assert rc.find(keys["b"]) is None
+    assert rc.warnings == [f"remote record {keys['b'][:12]} rejected: its key record does not hash to the key it is stored under"]
+
+
+def test_cli_reports_remote_hits(origin, tmp_path):
+    url = (tmp_path / "remote").as_uri()
+    origin.file("modelbuild.toml", "")
+    cache_push(["b"], project=origin.root, remote_cache=url)
+    clone = _project(tmp_path / "clone")
+    clone.file("pyproject.toml", f'[project]\nname = "clone"\n\n[tool.modelbuild]\nremote-cache = "{url}"\n')
+    done = run_cli("build", "--json", cwd=clone.root)
+    assert done.returncode == 0, done.stderr
+    assert "remote hit: from " + url in done.stdout
+    assert "2 target(s): 2 cached (2 from the remote cache)" in done.stderr
+
+
+def test_cache_push_and_pull_verbs(origin, tmp_path):
+    from click.testing import CliRunner
+
+    from modelbuild.commands import cli
+
+    url = str(tmp_path / "remote")  # a plain path is a remote too
+    origin.file("modelbuild.toml", "")
+    pushed = CliRunner().invoke(cli, ["cache", "push", "b", "--project", str(origin.root), "--remote-cache", url])
+    assert pushed.exit_code == 0, pushed.output
+    assert pushed.stdout.split() == ["pushed", "a", "1", "blob(s),", "10", "bytes", "pushed", "b", "1", "blob(s),", "10", "bytes"]
+    assert pushed.stderr.strip() == f"2 blob(s), 0.0 MB uploaded to {url}"
+    clone = _project(tmp_path / "clone")
+    pulled = CliRunner().invoke(cli, ["cache", "pull", "b", "--project", str(clone.root), "--remote-cache", url, "--json"])
+    assert pulled.exit_code == 0, pulled.output
+    report = json.loads(pulled.stdout)
+    assert report["ok"] and {n: t["state"] for n, t in report["targets"].items()} == {"a": "pulled", "b": "pulled"}
+    nowhere = CliRunner().invoke(cli, ["cache", "pull", "b", "--project", str(clone.root)])
+    assert nowhere.exit_code == 1 and "no remote cache: pass --remote-cache URL" in str(nowhere.exception)
+
+
+# -- configuration ------------------------------------------------------------
+
+
+def test_config_file_precedence_and_flags(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    assert load_config(root).remote_cache is None
+    (root / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    assert load_config(root).remote_cache is None and load_config(root).source is None
+    (root / "pyproject.toml").write_text('[tool.modelbuild]\nremote-cache = "s3://py/x"\nremote-upload = true\n')
+    cfg = load_config(root)
+    assert (cfg.remote_cache, cfg.remote_upload, cfg.executor) == ("s3://py/x", True, "local")
+    (root / "modelbuild.toml").write_text('remote-cache = "s3://own/x"\nexecutor = "dask"\nscheduler = "tcp://s:8786"\n')
+    cfg = load_config(root)  # modelbuild.toml wins whole: pyproject's remote-upload no longer applies
+    assert (cfg.remote_cache, cfg.remote_upload, cfg.executor, cfg.scheduler) == ("s3://own/x", False, "dask", "tcp://s:8786")
+    assert cfg.source.endswith("modelbuild.toml")
+    flags = cfg.override(remote_cache="file:///mnt/c", remote_upload=None, executor=None)
+    assert (flags.remote_cache, flags.remote_upload, flags.executor) == ("file:///mnt/c", False, "dask")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('remote-cahce = "s3://a"', "tool.modelbuild.remote-cahce: unknown key (did you mean 'remote-cache'?)"),
+    ("remote-upload = 'yes'", "tool.modelbuild.remote-upload: expected true or false, got 'yes'"),
+    ('executor = "ray"', "tool.modelbuild.executor: expected 'local' or 'dask', got 'ray'"),
+    ('remote-options = { secret = "x" }', "tool.modelbuild.remote-options: 'secret' looks like a credential"),
+    ("remote-cache = [", "not valid TOML"),
+])
+def test_a_bad_config_is_one_line_naming_the_file_and_key(tmp_path, monkeypatch, text, message):
+    (tmp_path / "pyproject.toml").write_text(f"[tool.modelbuild]\n{text}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert str(info.value).startswith("pyproject.toml: ") and message in str(info.value)
+    assert "\n" not in str(info.value) and isinstance(info.value, ModelbuildError)
+
+
+def test_credentials_never_shown():
+    assert redact("https://user:pw@cache.example:8443/mb?sig=abc#x") == "https://cache.example:8443/mb"
+    rc = RemoteCache("https://user:pw@127.0.0.1:1/mb")
+    assert "pw" not in repr(rc) and "pw" not in rc.shown
+    err = rc._unreachable("fetching x", OSError('cannot get "https://u:pw@h/b/k?X-Amz-Signature=s3cr3t" now'))
+    assert str(err) == 'remote cache https://127.0.0.1:1/mb unreachable while fetching x: OSError: cannot get "https://h/b/k" now'
