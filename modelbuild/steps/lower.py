@@ -98,7 +98,14 @@ class LowerStep(Step):
             raise StepError(f"{program.target}: {err}") from None
         for line in notes:
             ctx.log(line)
-        ep, info, _ = ctx.input_value("program", load_program)  # in memory when fused
+        if p.etrecord:
+            # etrecord.bin serializes the program as given, and one handed over in
+            # memory carries what a loaded one does not (symbolic-shape hints,
+            # parameter subclasses): load the file, so the artifact is the same
+            # bytes fused or not (the .pte is the same either way).
+            ep, info, _ = load_program(program.path)
+        else:
+            ep, info, _ = ctx.input_value("program", load_program)  # in memory when fused
         metadata = default_metadata(info)
         try:
             result = lower_program(ep, LowerOptions(p.backend, own), ctx.out / "model.pte",

@@ -4,8 +4,12 @@ ExecuTorch's ``ETRecord`` (the exported program, the edge program and the
 debug-handle maps of a lowering) is what its Inspector needs to name the
 operators of an ETDump and to compare intermediate outputs with the program
 the lowering started from. ``ETRecord.save`` writes a zip whose entries carry
-the wall-clock time, so the same lowering would give different bytes on every
-build; :func:`save_etrecord` rewrites the entries with a fixed date, so the
+the wall-clock time, and graph identities that are Python object addresses
+(``export_graph_id`` and the ``graph_id`` of every node's ``from_node``
+provenance), so the same lowering would give different bytes on every build.
+:func:`save_etrecord` rewrites the entries with a fixed date and renumbers the
+graph identities in order of first appearance (the same address gets the same
+number everywhere, so the Inspector matches nodes exactly as before), so the
 ``lower`` artifact stays byte-for-byte reproducible.
 
 Example::
@@ -18,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -26,6 +31,22 @@ from modelbuild.devtools import ETRECORD_FILE
 __all__ = ["ETRECORD_FILE", "save_etrecord", "load_etrecord"]
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
+#: a node's provenance is JSON inside a JSON string: ``\\"graph_id\\": 140278079804496``
+_GRAPH_ID = re.compile(rb'(\\"graph_id\\": )(\d+)')
+_EXPORT_GRAPH_ID = "export_graph_id"
+
+
+class _GraphIds:
+    """Object addresses -> 1, 2, 3, ... in order of first appearance."""
+
+    def __init__(self) -> None:
+        self.numbers: dict[bytes, bytes] = {}
+
+    def number(self, address: bytes) -> bytes:
+        return self.numbers.setdefault(address, str(len(self.numbers) + 1).encode())
+
+    def renumber(self, data: bytes) -> bytes:
+        return _GRAPH_ID.sub(lambda m: m.group(1) + self.number(m.group(2)), data)
 
 
 def save_etrecord(etrecord, path: Path) -> int:
@@ -39,13 +60,24 @@ def save_etrecord(etrecord, path: Path) -> int:
     tmp = path.with_name(path.name + ".tmp")
     try:
         etrecord.save(str(raw))
+        ids = _GraphIds()
         with zipfile.ZipFile(raw) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as dst:
-            for info in src.infolist():
+            infos = src.infolist()
+            # The provenance first, so that the export graph's number is the one its nodes got.
+            order = sorted(infos, key=lambda i: i.filename == _EXPORT_GRAPH_ID)
+            contents = {}
+            for info in order:
+                data = src.read(info)
+                if info.filename == _EXPORT_GRAPH_ID:
+                    data = ids.number(data.strip())
+                elif b"graph_id" in data:
+                    data = ids.renumber(data)
+                contents[info.filename] = data
+            for info in infos:  # in ExecuTorch's own order
                 entry = zipfile.ZipInfo(info.filename, date_time=_EPOCH)
                 entry.external_attr = 0o644 << 16
                 entry.compress_type = zipfile.ZIP_STORED
-                with src.open(info) as f:
-                    dst.writestr(entry, f.read())
+                dst.writestr(entry, contents[info.filename])
         os.replace(tmp, path)
     finally:
         for scratch in (raw, tmp):
