@@ -39,10 +39,11 @@ class QuantizeStep(Step):
     version = 1
     description = "Quantize an exported program (torchao 8da4w/8da8w/4w/8w, 4/8-bit embeddings, pt2e)"
     inputs = {"program": Input(kinds=("exported-program",), doc="the exported program to quantize", in_memory=True)}
-    # Not handed over in memory: lowering the quantized program as quantize leaves it
-    # gives another .pte than lowering it loaded from program.pt2 (tests/test_fused_tiny.py,
-    # a strict xfail until that is found), so lower loads the file. export -> quantize
-    # and export -> lower stay fused.
+    # Not handed over in memory: after the rest of the test suite in the same process,
+    # lowering the quantized program as quantize leaves it gave another .pte than lowering
+    # it loaded from program.pt2 (tests/test_fused_tiny.py; alone it is the same), so lower
+    # loads the file until the leaking state is found. export -> quantize and
+    # export -> lower stay fused.
     keeps_value = False
     output = "exported-program"
     toolchain = ("torch", "executorch", "torchao")
