@@ -24,7 +24,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .synthetic_sizes_a import SIZES_A, tokenizer_spec_a
+from .synthetic_sizes_a import LLAMA_FIELDS as _LLAMA_COMMON, SIZES_A, tokenizer_spec_a
 from .synthetic_sizes_b import SIZES_B, tensor_specs_b, tokenizer_spec_b
 
 __all__ = ["SIZES", "TOKENIZER_VOCAB", "write_synthetic_checkpoint", "tensor_specs"]
@@ -37,17 +37,6 @@ _LLAMA3_ROPE = {
     "rope_type": "llama3",
 }
 
-_LLAMA_COMMON = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_act": "silu",
-    "attention_bias": False,
-    "attention_dropout": 0.0,
-    "mlp_bias": False,
-    "initializer_range": 0.02,
-    "pretraining_tp": 1,
-    "use_cache": True,
-}
 
 #: architecture -> size -> HF config.json fields.
 SIZES: dict[str, dict[str, dict[str, Any]]] = {

@@ -15,7 +15,8 @@ from typing import Any
 
 __all__ = ["SIZES_A", "TOKENIZERS_A", "tokenizer_spec_a"]
 
-_LLAMA = {
+#: The config.json fields every llama-architecture checkpoint shares (synthetic.py uses them too).
+LLAMA_FIELDS = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
     "hidden_act": "silu",
@@ -68,7 +69,7 @@ _QWEN3 = {
     "rope_theta": 1000000.0,
 }
 _LLAMA3_8B = {
-    **_LLAMA,
+    **LLAMA_FIELDS,
     "hidden_size": 4096,
     "intermediate_size": 14336,
     "num_hidden_layers": 32,
@@ -87,12 +88,12 @@ _LLAMA3_8B = {
 SIZES_A: dict[str, dict[str, dict[str, Any]]] = {
     "llama2": {
         "tiny": {
-            **_LLAMA, **_TINY, "num_key_value_heads": 4, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+            **LLAMA_FIELDS, **_TINY, "num_key_value_heads": 4, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
             "rope_theta": 10000.0, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
         },
         # Llama-2-7b(-chat)-hf.
         "7b": {
-            **_LLAMA, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+            **LLAMA_FIELDS, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
             "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 128, "vocab_size": 32000,
             "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
             "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float16",
@@ -100,7 +101,7 @@ SIZES_A: dict[str, dict[str, dict[str, Any]]] = {
     },
     "llama3": {
         "tiny": {
-            **_LLAMA, **_TINY, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+            **LLAMA_FIELDS, **_TINY, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
             "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": [1, 2],
         },
         # Meta-Llama-3-8B-Instruct.
@@ -108,7 +109,7 @@ SIZES_A: dict[str, dict[str, dict[str, Any]]] = {
     },
     "llama3_1": {
         "tiny": {
-            **_LLAMA, **_TINY, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+            **LLAMA_FIELDS, **_TINY, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
             "rope_scaling": _ROPE_8, "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": [1, 2],
         },
         # Llama-3.1-8B-Instruct.
