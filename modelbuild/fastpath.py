@@ -10,8 +10,11 @@ everything the build's action keys and outputs were derived from:
   fingerprint.py) and every module of modelbuild itself,
 - every file and directory the steps declared as a source (e.g. a local
   checkpoint),
-- the site-packages directories (installing or upgrading a toolchain package
-  changes them),
+- every directory on ``sys.path`` (installing, upgrading or removing a
+  package there adds or removes its ``.dist-info`` and so changes the
+  directory: that is how a declared toolchain version changes; a
+  ``PYTHONPATH`` directory counts as much as site-packages, and ``sys.path``
+  itself is part of the state's identity),
 - every materialized output file under out/ (outputs are hard links to
   read-only blobs, so a change to either shows in the ctime).
 
@@ -46,7 +49,7 @@ from typing import Any
 
 __all__ = ["try_noop", "record_noop", "forget_all", "FORMAT"]
 
-FORMAT = 2
+FORMAT = 3
 _ENV = ("MODELBUILD_HOST_PLATFORM", "MODELBUILD_CACHE_DIR", "PATH")
 #: A file modified this close to the build's start (or later) is not trusted
 #: (the racy rule; the same 2 s as hashing.RACY_MARGIN_NS, for the same reasons).
@@ -116,6 +119,7 @@ def _identity(root: Path, recipes_dir: Path, cache: Path, options: dict[str, Any
         "options": options,
         "python": [sys.executable, sys.version],
         "env": {k: os.environ.get(k) for k in _ENV},
+        "sys_path": list(sys.path),
     }
 
 
@@ -168,7 +172,9 @@ def record_noop(result, *, project: str | None, recipes: str | None, cache_dir: 
     watched: dict[str, Any] = {p: None for p in _walk_files(recipes_dir)}
     core = Path(__file__).parent
     watched.update((str(p), None) for p in core.rglob("*.py"))
-    watched.update((p, None) for p in sys.path if p.endswith("-packages") and os.path.isdir(p))
+    # Not only "-packages" directories: a toolchain distribution found on a
+    # PYTHONPATH directory is upgraded by replacing its dist-info there.
+    watched.update((os.path.abspath(p), None) for p in sys.path if p)
     for r in result.targets.values():
         if r.out is not None:
             watched.update((p, None) for p in _walk_files(Path(r.out)))

@@ -252,38 +252,67 @@ def test_fast_path_watches_the_step_code_closure(chain):
     assert any(p.endswith("modelbuild/step.py") for p in result.watched)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("edit", ["helper", "step"])
-def test_fast_path_notices_an_edit_of_the_plugin_code(project, tmp_path, edit):
-    """A plugin whose helper module is imported inside run(): editing it makes
-    the next CLI build rerun the step (through the fast path's watch list)."""
-
-    pkg = tmp_path / "site" / "fpcli"
+def _plugin_site(tmp_path):
+    """A step plugin ``fp-shout`` installed on a PYTHONPATH directory (not
+    site-packages), declaring the toolchain ``fptool`` 1.0 that sits there too
+    and writing its version into the output. Returns (site, package, env)."""
+    site = tmp_path / "site"
+    pkg = site / "fpcli"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "steps.py").write_text(
+        "from importlib import metadata\n"
         "from modelbuild.step import Step\n\n"
-        "class Shout(Step):\n    name = 'fp-shout'\n    output = 'files'\n\n"
-        "    def run(self, ctx):\n        from .helper import text\n        (ctx.out / 'o').write_text(text())\n"
+        "class Shout(Step):\n    name = 'fp-shout'\n    output = 'files'\n    toolchain = ('fptool',)\n\n"
+        "    def run(self, ctx):\n        from .helper import text\n"
+        "        (ctx.out / 'o').write_text(text() + ' ' + metadata.version('fptool'))\n"
     )
-    helper = pkg / "helper.py"
-    helper.write_text("def text():\n    return 'one'\n")
-    dist = tmp_path / "site" / "fpcli-0.1.dist-info"
+    (pkg / "helper.py").write_text("def text():\n    return 'one'\n")
+    dist = site / "fpcli-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fpcli\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[modelbuild.steps]\nfp-shout = fpcli.steps:Shout\n")
-    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    _install_tool(site, "1.0")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    return site, pkg, env
+
+
+def _install_tool(site, version, old=None):
+    """Install fptool ``version`` the way pip upgrades: a new dist-info, the old one removed."""
+    dist = site / f"fptool-{version}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fptool\nVersion: {version}\n")
+    if old is not None:
+        for f in (site / f"fptool-{old}.dist-info").iterdir():
+            f.unlink()
+        (site / f"fptool-{old}.dist-info").rmdir()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit", ["helper", "step", "toolchain"])
+def test_fast_path_notices_an_edit_of_the_plugin_code(project, tmp_path, edit):
+    """A plugin whose helper module is imported inside run(): editing it, or
+    upgrading the toolchain package it declares (on a PYTHONPATH directory, not
+    in site-packages: the equivalence machine found that hole), makes the next
+    CLI build rerun the step instead of the fast path's "nothing changed"."""
+    site, pkg, env = _plugin_site(tmp_path)
     project.recipe('[targets.s]\nstep = "fp-shout"\n')
     assert run_cli("build", "s", cwd=project.root, env=env).returncode == 0
     time.sleep(2.1)  # outside the racy window of what this build wrote
     assert run_cli("build", "s", cwd=project.root, env=env).returncode == 0
     quick = run_cli("build", "s", cwd=project.root, env=env)
     assert "nothing changed since the last build" in quick.stderr, quick.stderr
-    target = helper if edit == "helper" else pkg / "__init__.py"
-    target.write_text(target.read_text() + "# edited\n")
+    if edit == "toolchain":
+        _install_tool(site, "1.1", old="1.0")
+    else:
+        target = pkg / "helper.py" if edit == "helper" else pkg / "__init__.py"
+        target.write_text(target.read_text() + "# edited\n")
     again = run_cli("build", "s", "-v", cwd=project.root, env=env)
     assert "nothing changed since the last build" not in again.stderr
-    assert "step code changed" in again.stderr, again.stderr
+    why = "toolchain changed: fptool 1.0 -> 1.1" if edit == "toolchain" else "step code changed"
+    assert why in again.stderr, again.stderr
+    if edit == "toolchain":
+        assert (project.root / "out" / "s" / "o").read_text() == "one 1.1"
 
 
 @pytest.mark.slow
