@@ -1,20 +1,25 @@
 """Full-check no-op time at 20, 100 and 1,000 `command` targets.
 
 `modelbuild build --full-check` when nothing changed is what every
-edit-and-rebuild pays before any step runs: parse the recipes, import the step
-plugins the graph uses, build the graph, fingerprint the step code, and read
-the stat cache and the action cache for every target. This prints, for each
-graph size, the median (and min, max) wall time of that no-op beside
-`python -c pass` measured in the same run (interleaved), the fast-path no-op
-for reference, and the time the step-code fingerprints take in a fresh
-process (what the automatic import closure adds to a full-check no-op).
+edit-and-rebuild pays before any step runs: bind the graph (from the
+bound-graph cache when its recipes, overrides and code are unchanged:
+modelbuild/graph_cache.py; else parse the recipes, import the step plugins
+the graph uses and validate every target's params), fingerprint the step
+code, and read the stat cache and the action cache for every target. This
+prints, for each graph size, the median (and min, max) wall time of that
+no-op beside `python -c pass` measured in the same run (interleaved), the
+same no-op with the bound-graph cache switched off (``MODELBUILD_BOUND_CACHE=0``:
+the graph bound afresh, as before), the fast-path no-op for reference, and the
+time the code fingerprints take in a fresh process (what the automatic import
+closure adds to a full-check no-op). ``--breakdown`` adds where the time of
+one full-check no-op goes (imports, phases).
 
 Graph: chains of 10 `command` targets, each chain's head declaring a small
 source file, and one target `all` consuming every chain's tail (so the default
 target's closure is the whole graph). Run:
 
     .venv/bin/python bench/bench_fullcheck.py [--sizes 20 100 1000] [--runs 9] [--keep] [--no-bytecode]
-        [--baseline-src DIR]
+        [--baseline-src DIR] [--breakdown]
 
 ``--baseline-src DIR`` measures another source tree of modelbuild (say the
 last commit: ``git archive HEAD modelbuild | tar -x -C DIR``) on its own copy
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -72,54 +78,131 @@ def make_project(n: int, work: Path = WORK) -> Path:
     return root
 
 
-def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
+def timed(cmd: list[str], cwd: Path, env: dict[str, str], cpu: list[float] | None = None) -> float:
+    """Wall time of ``cmd``; its CPU time (user + system; steadier than wall time on a loaded machine) goes to ``cpu``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if cpu is not None:
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed in {cwd}: {proc.stderr[-2000:]}")
     return elapsed
 
 
-#: In a fresh process, as the engine does it for a graph of ``command``
-#: targets (step class imported, parse index in the store warm): the step-code
-#: fingerprint (the import closure), and for comparison what the hand-written
-#: fingerprint it replaced cost (hashing the step's module file alone), and the
-#: closure of every built-in step (a graph that uses them all).
+#: In a fresh process, the code fingerprints of a full-check no-op of ``command``
+#: targets, each as the build computes it: the step's import closure with the
+#: bound-graph cache's parse index (no module parsed, every file read and hashed:
+#: graph_cache.py), the binding code's closure (part of that cache's key), and
+#: for comparison the hand-written fingerprint the closure replaced (the step's
+#: module file alone) and the closures of every other built-in step.
 FINGERPRINT_PROBE = """
 import sys, time
 from pathlib import Path
 import blake3
+from modelbuild.fingerprint import step_code
+from modelbuild.graph_cache import CodeIndex
 from modelbuild.plugins import Registry
-from modelbuild.store import Store
-store = Store(Path(sys.argv[1]))
+import importlib.util
 reg = Registry.discover()
-steps = sys.argv[2:]
-rest = [i for i in reg if i.name not in steps]
-for info in reg:
-    info.cls  # the engine has every used step class imported already (the graph binds them)
+index = CodeIndex(Path(sys.argv[1]) / "bound" / "imports.json")
+info = reg.get("command")
+origin = Path(importlib.util.find_spec(info.module).origin)
+others = [i for i in reg if i.name != "command"]
+declared = [(i.module, i.cls.code_modules, i.cls.code_files) for i in others]  # imports them, untimed
 t0 = time.perf_counter()
-for name in steps:
-    blake3.blake3(Path(sys.modules[reg.get(name).module].__file__).read_bytes()).hexdigest()
+blake3.blake3(origin.read_bytes()).hexdigest()
 t1 = time.perf_counter()
-for name in steps:
-    reg.get(name).code(store.cache)
+step_code(info.module, (), (), index=index)  # what the bound graph's check computes for the command step
 t2 = time.perf_counter()
-for info in rest:
-    info.code(store.cache)
+step_code("modelbuild.graph_cache", index=index)
 t3 = time.perf_counter()
-store.close()
-print(f"{(t1 - t0) * 1000:.3f} {(t2 - t1) * 1000:.3f} {(t3 - t2) * 1000:.3f}")
+for module, modules, files in declared:
+    step_code(module, modules, files, index=index)
+t4 = time.perf_counter()
+index.save()
+print(f"{(t1 - t0) * 1000:.3f} {(t2 - t1) * 1000:.3f} {(t3 - t2) * 1000:.3f} {(t4 - t3) * 1000:.3f}")
 """
 
 
-def fingerprint_ms(cache: Path, runs: int, env: dict[str, str]) -> tuple[float, float, float]:
+def fingerprint_ms(cache: Path, runs: int, env: dict[str, str]) -> tuple[float, ...]:
     samples = []
     for _ in range(runs + 1):  # the first run fills the parse index of the other steps
-        out = subprocess.run([sys.executable, "-c", FINGERPRINT_PROBE, str(cache), "command"],
+        out = subprocess.run([sys.executable, "-c", FINGERPRINT_PROBE, str(cache)],
                              capture_output=True, text=True, check=True, env=env)
         samples.append([float(x) for x in out.stdout.split()])
-    return tuple(statistics.median(col) for col in zip(*samples[1:]))  # type: ignore[return-value]
+    return tuple(statistics.median(col) for col in zip(*samples[1:]))
+
+
+#: One full-check no-op, in process, with the time of its phases (each wraps the
+#: function that does it) and of the imports done before the build starts.
+PHASES_PROBE = """
+import sys, time
+t0 = time.perf_counter()
+from modelbuild import cli, graph_cache, fingerprint, plugins, engine, store, fastpath
+import modelbuild.commands, modelbuild.api.build, modelbuild.progress, modelbuild.dask_executor, modelbuild.remote
+t_imports = time.perf_counter() - t0
+spent = {}
+def wrap(owner, name, label):
+    real = getattr(owner, name)
+    def timed(*a, **k):
+        t = time.perf_counter()
+        try:
+            return real(*a, **k)
+        finally:
+            spent[label] = spent.get(label, 0.0) + time.perf_counter() - t
+    setattr(owner, name, timed)
+wrap(plugins.Registry, "discover", "plugin discovery")
+wrap(graph_cache, "step_code", "code fingerprints (bound-graph key)")
+wrap(plugins.StepInfo, "code_if", "code fingerprints (steps used)")
+wrap(graph_cache, "_load", "bound graph: read the entry")
+wrap(graph_cache.BuildGraph, "build", "bind afresh (parse, import steps, validate)")
+wrap(store, "Store", "open the store")
+wrap(engine.Engine, "build", "per-target check (hash sources, keys, records, out/)")
+wrap(fastpath, "record_noop", "record the fast-path state")
+t1 = time.perf_counter()
+code = cli.main(["build", "-q", "-j", "2", "--full-check"])
+total = time.perf_counter() - t1
+assert code == 0, code
+print(f"imports before the build (cli, api, engine, store, click...)\\t{t_imports * 1000:.1f}")
+for label, secs in spent.items():
+    print(f"{label}\\t{secs * 1000:.1f}")
+print(f"the build command, all told\\t{total * 1000:.1f}")
+"""
+
+
+def breakdown(root: Path, env: dict[str, str]) -> None:
+    """Where one full-check no-op's time goes: phases (median of 5) and the largest imports."""
+    rows: dict[str, list[float]] = {}
+    for _ in range(5):
+        out = subprocess.run([sys.executable, "-c", PHASES_PROBE], cwd=root, env=env, capture_output=True, text=True,
+                             check=True)
+        for line in out.stdout.splitlines():
+            label, ms = line.rsplit("\t", 1)
+            rows.setdefault(label, []).append(float(ms))
+    print(f"where a full-check no-op's time goes ({root.name}, in process, median of 5; a phase that did not "
+          "happen in every run says in how many it did):")
+    for label, got in rows.items():
+        runs = "" if len(got) == 5 else f"  (in {len(got)} of 5 runs)"
+        print(f"  {label:<58} {statistics.median(got):8.1f} ms{runs}")
+    imports: dict[str, list[float]] = {}
+    for _ in range(5):
+        out = subprocess.run([sys.executable, "-X", "importtime", "-m", "modelbuild.cli", "build", "-q", "-j", "2",
+                              "--full-check"], cwd=root, env=env, capture_output=True, text=True, check=True)
+        for line in out.stderr.splitlines():
+            if not line.startswith("import time:") or "|" not in line or "cumulative" in line:
+                continue
+            _, cumulative, name = line.split("|")
+            if name.startswith("  "):  # only what the build itself asked for (top level); nested ones are inside
+                continue
+            imports.setdefault(name.strip(), []).append(int(cumulative) / 1000)
+    top = sorted(((statistics.median(v), k) for k, v in imports.items()), reverse=True)
+    total = sum(ms for ms, _ in top)
+    print(f"  top-level imports (python -X importtime; median of 5): {total:.1f} ms in all; the largest:")
+    for ms, name in top[:12]:
+        print(f"    {name:<40} {ms:8.1f} ms")
 
 
 def main() -> None:
@@ -132,12 +215,15 @@ def main() -> None:
     ap.add_argument("--baseline-src", type=Path, metavar="DIR",
                     help="also measure another modelbuild source tree (DIR holds its modelbuild/, e.g. from "
                          "`git archive <commit> modelbuild | tar -x -C DIR`), interleaved with this one")
+    ap.add_argument("--breakdown", action="store_true", help="also print where one full-check no-op's time goes")
     args = ap.parse_args()
     env = dict(os.environ)
     if args.no_bytecode:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
     else:
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # Python's default: .pyc files cached
+    env.pop("MODELBUILD_BOUND_CACHE", None)
+    unbound_env = {**env, "MODELBUILD_BOUND_CACHE": "0"}
     trees = [("now", WORK, env)]
     if args.baseline_src is not None:
         other = {**env, "PYTHONPATH": os.pathsep.join([str(args.baseline_src.resolve()), env.get("PYTHONPATH", "")])}
@@ -156,29 +242,40 @@ def main() -> None:
             roots.append((label, root, tree_env, cold))
         time.sleep(2.2)  # leave the racy-file window of the outputs just written
         for label, root, tree_env, cold in roots:
-            timed(mb + ["--full-check"], root, tree_env)
+            timed(mb + ["--full-check"], root, tree_env)  # keeps the bound graph (the cache exists now)
             timed(quick, root, tree_env)  # records the fast-path state
-        samples = {label: ([], [], []) for label, *_ in roots}
+        samples = {label: ([], [], [], [], [], []) for label, *_ in roots}
         for _ in range(args.runs):  # interleaved, so that load changes hit all alike
             for label, root, tree_env, cold in roots:
-                baseline, full, fast = samples[label]
-                baseline.append(timed([sys.executable, "-c", "pass"], root, env))
-                full.append(timed(mb + ["--full-check"], root, tree_env))
+                baseline, full, unbound, fast, base_cpu, full_cpu = samples[label]
+                baseline.append(timed([sys.executable, "-c", "pass"], root, env, base_cpu))
+                full.append(timed(mb + ["--full-check"], root, tree_env, full_cpu))
+                if label == "now":
+                    unbound.append(timed(mb + ["--full-check"], root, unbound_env))
                 fast.append(timed(quick, root, tree_env))
         for label, root, tree_env, cold in roots:
             rows.append((label, n, cold, *samples[label]))
     fp = fingerprint_ms(WORK / f"n{args.sizes[0]}" / "cache", args.runs, env)
     mode = "PYTHONDONTWRITEBYTECODE=1" if args.no_bytecode else "bytecode cached (Python's default)"
     print(f"no-op builds, median of {args.runs} runs each; {mode}; "
-          "full check: build -q -j 2 --full-check; fast path: build -q")
-    print(f"{'tree':<12} {'targets':>7} {'cold build s':>12} {'python -c pass s':>16} {'full-check s':>12} {'min s':>7} "
-          f"{'max s':>7} {'x pass':>6} {'fast path s':>11} {'x pass':>6}")
-    for label, n, cold, baseline, full, fast in rows:
+          "full check: build -q -j 2 --full-check; unbound: the same with MODELBUILD_BOUND_CACHE=0; fast path: build -q")
+    print(f"{'tree':<9} {'targets':>7} {'cold build s':>12} {'python -c pass s':>16} {'full-check s':>12} {'min s':>6} "
+          f"{'max s':>6} {'x pass':>6} {'unbound s':>9} {'x pass':>6} {'fast path s':>11} {'x pass':>6} "
+          f"{'CPU: pass s':>11} {'full-check s':>12}")
+    for label, n, cold, baseline, full, unbound, fast, base_cpu, full_cpu in rows:
         py, med, fast_med = statistics.median(baseline), statistics.median(full), statistics.median(fast)
-        print(f"{label:<12} {n:>7} {cold:12.2f} {py:16.3f} {med:12.3f} {min(full):7.3f} {max(full):7.3f} "
-              f"{med / py:6.1f} {fast_med:11.3f} {fast_med / py:6.1f}")
-    print(f"step-code fingerprint in a fresh process (median): command {fp[1]:.2f} ms "
-          f"(the hand-written fingerprint it replaced: {fp[0]:.2f} ms); every other built-in step {fp[2]:.2f} ms")
+        ub = f"{statistics.median(unbound):9.3f} {statistics.median(unbound) / py:6.1f}" if unbound else f"{'-':>9} {'-':>6}"
+        print(f"{label:<9} {n:>7} {cold:12.2f} {py:16.3f} {med:12.3f} {min(full):6.3f} {max(full):6.3f} "
+              f"{med / py:6.1f} {ub} {fast_med:11.3f} {fast_med / py:6.1f} "
+              f"{statistics.median(base_cpu):11.3f} {statistics.median(full_cpu):12.3f}")
+    small = statistics.median(rows[0][4])
+    print(f"code fingerprints in a fresh process (median): command step {fp[1]:.2f} ms + binding code "
+          f"{fp[2]:.2f} ms = {fp[1] + fp[2]:.2f} ms, {100 * (fp[1] + fp[2]) / 1000 / small:.1f} % of the "
+          f"{rows[0][1]}-target full-check no-op (the hand-written fingerprint it replaced: {fp[0]:.2f} ms); "
+          f"every other built-in step {fp[3]:.2f} ms")
+    if args.breakdown:
+        for n in args.sizes:
+            breakdown(WORK / f"n{n}", env)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,9 @@ def main() -> int:
         diffs = report.get("differences", [])
         verdict = "identical" if proc.returncode == 0 and not diffs else f"DIFFERS: {diffs[0] if diffs else proc.returncode}"
         failed |= verdict != "identical"
+        skipped = sorted({f"{n['target']}/{n['file']}" for n in report.get("not_compared", [])})
+        if skipped:  # measurement files (timings) the step declares: named, never silently dropped
+            verdict += f" (not compared, measurements: {', '.join(skipped)})"
         print(f"{target:26} {TARGETS.get(target, '?'):40} {chain:>5} {took:18.1f}  {verdict}")
     load1 = os.getloadavg()
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} ({os.cpu_count()} cores)")

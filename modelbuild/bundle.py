@@ -104,7 +104,8 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-_TIMING = ("_per_s", "_time_s", "_ms", "latency", "memory", "duration", "seconds")
+#: Names that read as timings, for verdicts that do not list their timing figures (older caches).
+_TIMING = ("_per_s", "_time_s", "_ms", "latency", "memory", "peak_rss", "duration", "seconds")
 
 
 def _is_timing(name: str) -> bool:
@@ -115,19 +116,33 @@ def split_timings(figures: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     """(reproducible figures, timing figures) of a validation verdict.
 
     Speeds, latencies, load times and memory peaks change from run to run;
-    they stay out of the reproducible manifest (and the archive).
+    they stay out of the reproducible manifest (and the archive). The
+    validate step's verdict names them (``timing_figures``: the figures read
+    from its ``timings.json``); the checks and expectations on them move
+    with them. Without that list, names that read as timings move.
     """
+    declared = figures.get("timing_figures")
+    timed = set(declared) if isinstance(declared, list) else None
+
+    def timing(figure: str) -> bool:
+        return figure in timed if timed is not None else _is_timing(figure)
+
     keep: dict[str, Any] = {}
     timings: dict[str, Any] = {}
+    moved_params: set[str] = set()
+    checks = figures.get("checks")
+    if isinstance(checks, list):
+        keep["checks"] = [c for c in checks if not (isinstance(c, dict) and timing(str(c.get("figure", ""))))]
+        moved = [c for c in checks if c not in keep["checks"]]
+        moved_params = {str(c.get("expectation")) for c in moved}
+        if moved:
+            timings["checks"] = moved
     for k, v in figures.items():
-        if k == "checks" and isinstance(v, list):
-            keep[k] = [c for c in v if not _is_timing(json.dumps(c.get("expectation", "")) if isinstance(c, dict) else "")]
-            moved = [c for c in v if c not in keep[k]]
-            if moved:
-                timings[k] = moved
-        elif k == "expectations" and isinstance(v, dict):
-            keep[k] = {n: x for n, x in v.items() if not _is_timing(n)}
-        elif _is_timing(k):
+        if k in ("checks", "timing_figures"):
+            continue
+        if k == "expectations" and isinstance(v, dict):
+            keep[k] = {n: x for n, x in v.items() if n not in moved_params and not (timed is None and _is_timing(n))}
+        elif timing(k):
             timings[k] = v
         else:
             keep[k] = v

@@ -588,6 +588,8 @@ def _print_differences(report) -> None:
         print(f"{state:<10} {name}" if state in ("identical", "differs") else f"{name}: {state}")
     for d in report.differences:
         print(d.line())
+    for n in report.not_compared:
+        print(n.line())
     culprits = report.culprits
     if culprits:
         named = ", ".join(f"{c} ({report.steps.get(c, 'unknown step')})" for c in culprits)

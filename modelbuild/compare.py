@@ -71,8 +71,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def load_row(target: str, report_path: Path, verdict: Mapping[str, Any] | None = None) -> dict:
+def load_row(target: str, report_path: Path, verdict: Mapping[str, Any] | None = None, *, timings: bool = True) -> dict:
     """One comparison row from a target's report.json (and its verdict, if known).
+
+    With ``timings`` the speed and memory figures come from the ``timings.json``
+    beside the report (the validate step keeps them out of report.json so that
+    it rebuilds byte for byte); the validate step's own report.html, which must
+    be reproducible too, is drawn with ``timings=False``.
 
     ``verdict`` is the engine's verdict record (``{"ok", "reason", "status",
     "figures"}``, plus ``state`` and ``command`` when the engine did not judge
@@ -97,6 +102,8 @@ def load_row(target: str, report_path: Path, verdict: Mapping[str, Any] | None =
     artifact = report.get("artifact", {})
     row["artifact"] = artifact.get("target")
     row["kind"] = artifact.get("kind")
+    if timings:
+        summary = {**summary, **_timings_beside(Path(report_path))}
     for key in _FIGURES:
         row[key] = summary.get(key)
     row["status"] = report.get("status", "measured")
@@ -107,6 +114,14 @@ def load_row(target: str, report_path: Path, verdict: Mapping[str, Any] | None =
         row["command"] = verdict.get("command")
         row["outcome"] = _outcome(verdict, row["status"])
     return row
+
+
+def _timings_beside(report_path: Path) -> dict:
+    try:
+        data = json.loads((report_path.parent / "timings.json").read_text())
+        return dict(data.get("summary") or {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
 
 
 def _outcome(verdict: Mapping[str, Any], status: str) -> str:
@@ -342,15 +357,16 @@ class Comparison:
 
 
 def compare_reports(paths: Mapping[str, Path], verdicts: Mapping[str, Mapping[str, Any] | None] | None = None,
-                    chains: Mapping[str, list[dict]] | None = None) -> Comparison:
+                    chains: Mapping[str, list[dict]] | None = None, *, timings: bool = True) -> Comparison:
     """Compare the report.json files of several targets (``target -> path``), in order.
 
     ``chains`` (target -> ``[{"target", "step", "params"}]``, the artifact's
     producers from the source down to the artifact) lets the page name the
-    steps and the parameters that distinguish the variants.
+    steps and the parameters that distinguish the variants. ``timings``: see
+    :func:`load_row`.
     """
     verdicts = verdicts or {}
-    rows = [load_row(name, Path(path), verdicts.get(name)) for name, path in paths.items()]
+    rows = [load_row(name, Path(path), verdicts.get(name), timings=timings) for name, path in paths.items()]
     details = {name: _details(Path(path)) for name, path in paths.items()}
     for name, chain in (chains or {}).items():
         if name in details:

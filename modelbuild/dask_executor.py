@@ -33,10 +33,9 @@ from typing import Any
 
 from .errors import ModelbuildError, one_line
 from .executor import Executor, JobOutcome, StepJob, Submitted
-from .graph import input_kinds
 from .hashing import Manifest
 from .routing import demand, describe_workers, lacking
-from .step import Requirements
+from .step_types import Requirements  # light: no pydantic on a build's path
 
 __all__ = ["DaskExecutor", "ClusterError", "executor_for"]
 
@@ -138,7 +137,7 @@ class DaskExecutor(Executor):
         blocked = {}
         for name in order:
             node = graph.nodes[name]
-            reason = self._lacks(node.step.requirements(node.params, input_kinds(node, graph.nodes)), workers)
+            reason = self._lacks(node.requirements(graph.nodes), workers)
             if reason is not None:
                 blocked[name] = reason
         if blocked and not keep_going:

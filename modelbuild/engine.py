@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping
 from .artifacts import Artifact
 from .errors import CacheCorrupt, InternalError, ModelbuildError, StoreError, one_line
 from .executor import Executor, JobOutcome, LocalExecutor, StepJob
-from .graph import BuildGraph, Node, input_kinds
+from .graph import BuildGraph, Node
 from .hashing import RACY_MARGIN_NS, Seen, digest_path, hash_file, stat_signature
 from .history import History
 from .keys import action_key, diff_records, key_record
@@ -113,7 +113,7 @@ class Engine:
 
     def toolchain(self, node: Node) -> dict[str, str]:
         if node.info.name not in self._toolchains:
-            self._toolchains[node.info.name] = node.step.toolchain_versions()
+            self._toolchains[node.info.name] = node.toolchain_versions()
         return self._toolchains[node.info.name]
 
     def source_digests(self, node: Node) -> dict[str, str]:
@@ -124,7 +124,7 @@ class Engine:
         seen: Seen = {}
         paths: dict[str, Path] = {}
         started = time.time_ns()
-        for rel in node.step.sources(self.resolver.params(node)):
+        for rel in node.sources(self.resolver):
             path = (self.project / rel) if not os.path.isabs(rel) else Path(rel)
             if not path.exists():
                 raise _InputMissing(f"missing input file: {rel} (named in {node.target.file} at {node.target.key_path})")
@@ -178,14 +178,14 @@ class Engine:
 
     def prepare(self, node: Node, input_digests: dict[str, str | list[str]]) -> Prepared:
         """Compute the key and look it up (no lock, no side effects)."""
-        params = self.resolver.params(node).model_dump(mode="json", exclude=set(node.step.judge_params))
+        params = node.key_params(self.resolver)  # from the bound graph's facts unless the step resolves
         try:
             sources = self.source_digests(node)
         except (StoreError, CacheCorrupt) as exc:  # e.g. a symlink or an unreadable file among the sources
             raise _InputMissing(f"source not usable: {one_line(exc)}") from exc
         record = key_record(
-            step=node.step.name,
-            step_version=node.step.version,
+            step=node.step_name,
+            step_version=node.step_facts.version,
             fingerprint=self.step_code(node).fingerprint,
             params=params,
             inputs=input_digests,
@@ -239,9 +239,9 @@ class Engine:
             if not res.ok:
                 blocker = Blocker.of(producer, res)
                 return Decision(Kind.SKIPPED, (blocker.describe(),), blocked_by=blocker)
-        unmet = self.executor.unmet(node.step.requirements(node.params, input_kinds(node, self.graph.nodes)))
+        unmet = self.executor.unmet(node.requirements(self.graph.nodes))
         if unmet:  # unless another host's result for these very inputs is in the shared remote cache
-            return self._shared_hit(node, upstream) or self._unavailable(node, unmet, node.step.elsewhere(node.name, node.params))
+            return self._shared_hit(node, upstream) or self._unavailable(node, unmet, node.elsewhere())
         waiting = [p for p in producers if upstream[p].digest is None]
         if waiting:
             return Decision(Kind.PENDING, tuple(f"input {p} will be rebuilt (an identical rebuild keeps this a hit)" for p in waiting))
@@ -329,21 +329,28 @@ class Engine:
         while pending or running:
             # Longest remaining chain first; ties keep the stable topological order.
             ready.sort(key=priority.__getitem__)
+            starting: list[str] = []
             for name in list(ready):
                 node = self.graph.nodes[name]
                 if self._stop:
                     pending.discard(name)
                     ready.remove(name)
-                    results[name] = TargetResult(name, node.step.name, SKIPPED, "not started: the build stopped after a failure (use --keep-going)")
-                    self._emit(Event("finish", name, node.step.name, results[name]))
+                    results[name] = TargetResult(name, node.step_name, SKIPPED, "not started: the build stopped after a failure (use --keep-going)")
+                    self._emit(Event("finish", name, node.step_name, results[name]))
                     finished(name)
                     continue
-                if len(running) >= self.jobs:
+                if len(running) + len(starting) >= self.jobs:
                     break
                 pending.discard(name)
                 ready.remove(name)
+                starting.append(name)
+            # The whole batch is claimed before any of it starts: a step that runs
+            # divides the cores by its siblings that run too, so none may decide
+            # before its siblings are counted (on a loaded machine this thread can
+            # be descheduled between two submits).
+            for name, claim in [(name, self._share.claim()) for name in starting]:
                 upstream = {p: results[p] for p in self.graph.producers(name)}
-                running[pool.submit(self._build_one, node, upstream, self._share.claim())] = name
+                running[pool.submit(self._build_one, self.graph.nodes[name], upstream, claim)] = name
             if not running:
                 continue
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -353,12 +360,12 @@ class Engine:
                 try:
                     result = future.result()
                 except Exception as exc:  # noqa: BLE001 - one target's internal error must not kill the build
-                    result = TargetResult(name, node.step.name, FAILED, f"internal error: {type(exc).__name__}: {exc}")
+                    result = TargetResult(name, node.step_name, FAILED, f"internal error: {type(exc).__name__}: {exc}")
                 results[name] = result
                 if result.status == FAILED and not self.keep_going:
                     self._stop = True
                     self.executor.stop_pending()
-                self._emit(Event("finish", name, node.step.name, result))
+                self._emit(Event("finish", name, node.step_name, result))
                 finished(name)
 
     def _expected_cost(self, name: str) -> float:
@@ -384,7 +391,7 @@ class Engine:
             if read is not None:
                 files.update(read.seen)
                 continue
-            for rel in node.step.sources(self.resolver.known(node)):  # never keyed in this build
+            for rel in node.sources(self.resolver, known=True):  # never keyed in this build
                 path = self.project / rel
                 files[str(path)] = None
                 if path.is_dir():
@@ -396,17 +403,17 @@ class Engine:
         try:
             result, prepared = self._attempt(node, upstream, claim)
         except (ModelbuildError, OSError) as exc:  # one target's error: fail it, record it, go on
-            result = TargetResult(node.name, node.step.name, FAILED, one_line(exc))
+            result = TargetResult(node.name, node.step_name, FAILED, one_line(exc))
         except Exception as exc:  # noqa: BLE001 - a bug, but still only this target's
-            result = TargetResult(node.name, node.step.name, FAILED, f"internal error: {type(exc).__name__}: {one_line(exc)}")
+            result = TargetResult(node.name, node.step_name, FAILED, f"internal error: {type(exc).__name__}: {one_line(exc)}")
         finally:
             claim.release()
         self.history.record(node.name, result, prepared.key if prepared else None, prepared.record if prepared else None)
         return result
 
     def _attempt(self, node: Node, upstream: dict[str, TargetResult], claim: Claim) -> tuple[TargetResult, Prepared | None]:
-        name, step = node.name, node.step
-        decision = self.decide(node, upstream, on_keying=lambda: self._emit(Event("start", name, step.name)))
+        name, step_name = node.name, node.step_name
+        decision = self.decide(node, upstream, on_keying=lambda: self._emit(Event("start", name, step_name)))
         if decision.kind in _SETTLED:
             return self._settle(node, decision), None
         prepared = decision.prepared
@@ -421,18 +428,18 @@ class Engine:
                         prepared = Prepared(prepared.key, prepared.record, again, prepared.reasons)
                 result = self._realize(node, upstream, prepared, claim)
         except (ModelbuildError, OSError) as exc:  # e.g. a store write that failed: this target's failure
-            return TargetResult(name, step.name, FAILED, one_line(exc), list(prepared.reasons), prepared.key), prepared
+            return TargetResult(name, step_name, FAILED, one_line(exc), list(prepared.reasons), prepared.key), prepared
         if result.ok:
             self._judge(node, result)
         return result, prepared
 
     def _settle(self, node: Node, decision: Decision) -> TargetResult:
         """The result of a target that ends without running (skipped, unavailable, error)."""
-        return TargetResult(node.name, node.step.name, decision.status, decision.reasons[0] if decision.reasons else "",
+        return TargetResult(node.name, node.step_name, decision.status, decision.reasons[0] if decision.reasons else "",
                             command=decision.command, blocked_by=decision.blocked_by)
 
     def _realize(self, node: Node, upstream: dict[str, TargetResult], prepared: Prepared, claim: Claim) -> TargetResult:
-        name, step = node.name, node.step
+        name, step_name = node.name, node.step_name  # the step itself is loaded only if it must run (_run)
         dest = self.out_dir / name
         record = prepared.hit
         if record is not None:
@@ -440,15 +447,15 @@ class Engine:
             try:
                 self.store.materialize(record.manifest, dest)
             except CacheCorrupt as exc:
-                unmet = self.executor.unmet(step.requirements(node.params, input_kinds(node, self.graph.nodes)))
+                unmet = self.executor.unmet(node.requirements(self.graph.nodes))
                 if unmet:  # another host's shared result failed its check, and this host cannot run the step
-                    return self._settle(node, self._unavailable(node, unmet, step.elsewhere(name, node.params)))
+                    return self._settle(node, self._unavailable(node, unmet, node.elsewhere()))
                 prepared = Prepared(prepared.key, prepared.record, None, [f"cache entry corrupt: {exc}"])
                 record = None
             else:
                 reason = self._hit_reason(name, prepared.key)
                 return TargetResult(
-                    name, step.name, CACHED, reason, [reason], prepared.key, record.manifest.digest,
+                    name, step_name, CACHED, reason, [reason], prepared.key, record.manifest.digest,
                     record.manifest.size, 0.0, dest, None, record.summary,
                     remote_hit=self.store.from_remote(prepared.key) is not None,
                 )
@@ -457,11 +464,11 @@ class Engine:
         if outcome.status == "unavailable":
             return self._settle(node, self._unavailable(node, outcome.needs or outcome.reason, outcome.command))
         if outcome.status != "ok" or record is None:
-            return TargetResult(name, step.name, FAILED, outcome.reason, prepared.reasons, prepared.key,
+            return TargetResult(name, step_name, FAILED, outcome.reason, prepared.reasons, prepared.key,
                                 duration_s=outcome.duration_s, log=log, peak_rss_bytes=outcome.peak_rss_bytes)
         self.store.materialize(record.manifest, dest)
         return TargetResult(
-            name, step.name, BUILT, reason, prepared.reasons, prepared.key, record.manifest.digest,
+            name, step_name, BUILT, reason, prepared.reasons, prepared.key, record.manifest.digest,
             record.manifest.size, outcome.duration_s, dest, log, record.summary,
             peak_rss_bytes=outcome.peak_rss_bytes, worker=outcome.worker,
         )
@@ -501,7 +508,7 @@ class Engine:
         }
         (self.store.root / "downloads").mkdir(exist_ok=True)
         try:
-            requirements = step.requirements(node.params, input_kinds(node, self.graph.nodes))
+            requirements = node.requirements(self.graph.nodes)
             outcome = self.executor.submit(StepJob(job, scratch / "job", prepared.key, prepared.record, requirements,
                                                    lambda p: self._emit(Event("progress", name, step.name, progress=p)))).result()
             if outcome.status != "ok":
@@ -531,7 +538,7 @@ class Engine:
 
     def _unavailable(self, node: Node, needs: str, command: str | None) -> Decision:
         reason = f"needs {needs}"
-        if node.step.output == "measurements":
+        if node.kind == "measurements":
             reason = f"not validated here: needs {needs}"
             if self.require_validation:
                 return Decision(Kind.ERROR, (reason + " (--require-validation)",), command=command)
@@ -539,6 +546,8 @@ class Engine:
 
     def _judge(self, node: Node, result: TargetResult) -> None:
         if result.out is None:
+            return
+        if not node.judges:  # Step.judge not overridden: nothing to judge (and no need to load the step)
             return
         artifact = Artifact(kind=node.kind, path=result.out, digest=result.digest or "", target=node.name)
         try:

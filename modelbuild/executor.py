@@ -196,7 +196,7 @@ class Executor:
         raise NotImplementedError
 
     def unmet(self, requirements: Any) -> str | None:
-        from .step import unmet_requirement
+        from .step_types import unmet_requirement  # light: no pydantic
 
         return unmet_requirement(requirements)
 

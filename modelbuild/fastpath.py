@@ -14,7 +14,7 @@ everything the build's action keys and outputs were derived from:
   package there adds or removes its ``.dist-info`` and so changes the
   directory: that is how a declared toolchain version changes; a
   ``PYTHONPATH`` directory counts as much as site-packages, and ``sys.path``
-  itself is part of the state's identity),
+  itself, but for its first entry, is part of the state's identity),
 - every materialized output file under out/ (outputs are hard links to
   read-only blobs, so a change to either shows in the ctime).
 
@@ -119,7 +119,10 @@ def _identity(root: Path, recipes_dir: Path, cache: Path, options: dict[str, Any
         "options": options,
         "python": [sys.executable, sys.version],
         "env": {k: os.environ.get(k) for k in _ENV},
-        "sys_path": list(sys.path),
+        # Not sys.path[0]: it is the script's directory, the cwd or "" by how
+        # Python was started (`modelbuild`, `python -m`, `python -c`), and
+        # every build watches it as a directory anyway (record_noop).
+        "sys_path": sys.path[1:],
     }
 
 

@@ -57,10 +57,10 @@ class Sessions:
         for name in order:
             node = graph.nodes[name]
             for slot, producer in node.inputs.items():
-                spec = node.step.inputs.get(slot)
-                if spec is None or not spec.in_memory or isinstance(producer, list) or producer not in wanted:
+                # From the bound graph's facts: deciding this loads no step (graph_facts.py).
+                if not node.takes_in_memory(slot) or isinstance(producer, list) or producer not in wanted:
                     continue
-                if getattr(graph.nodes[producer].step, "keeps_value", False):
+                if graph.nodes[producer].keeps_value:
                     self.chains.setdefault(producer, set()).add(name)
         self._open = {p: set(c) for p, c in self.chains.items()}  # consumers not settled yet
         self._unsettled = set(order)

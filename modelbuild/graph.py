@@ -20,41 +20,142 @@ Example::
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+import threading
 from typing import TYPE_CHECKING, Any
-
-from pydantic import ValidationError
 
 from .artifacts import ANY
 from .devtools import apply_asks
 from .errors import RecipeError, closest
+from .graph_facts import NodeFacts, StepFacts
 from .plugins import Registry, StepInfo
 from .recipe import Recipes, Target
-from .step import Params, Step
+from .step_types import Requirements, installed_versions
 
 if TYPE_CHECKING:
     import networkx as nx
+    from pydantic import ValidationError
+
+    from .resolve import Resolver
+    from .step import Params, Step
 
 __all__ = ["Node", "BuildGraph"]
 
+#: Loading a node's step and params is rare (a step to run) and may happen in several engine threads.
+_LOADING = threading.RLock()
 
-@dataclass
+
 class Node:
-    """A target bound to its step plugin, with validated params and resolved input slots."""
+    """A target bound to its step plugin, with validated params and resolved input slots.
 
-    target: Target
-    info: StepInfo
-    step: Step
-    params: Params
-    inputs: dict[str, str | list[str]]  # slot -> producer target name(s)
+    ``step`` and ``params`` are the real step instance and pydantic params; on
+    a graph loaded from the bound-graph cache they are loaded on first use.
+    The engine decides targets from ``facts`` and ``step_facts`` (graph_facts.py)
+    without loading them.
+    """
+
+    def __init__(self, target: Target, info: StepInfo, inputs: dict[str, str | list[str]], *,
+                 step: "Step | None" = None, params: "Params | None" = None,
+                 step_facts: StepFacts | None = None, facts: NodeFacts | None = None) -> None:
+        self.target = target
+        self.info = info
+        self.inputs = inputs  # slot -> producer target name(s)
+        self._step = step
+        self._params = params
+        self.step_facts = step_facts if step_facts is not None else StepFacts.of(step)
+        self.facts = facts
+
+    def __repr__(self) -> str:
+        return f"Node({self.name!r}, step={self.step_name!r}, inputs={self.inputs!r})"
 
     @property
     def name(self) -> str:
         return self.target.name
 
     @property
+    def step_name(self) -> str:
+        return self.step_facts.name
+
+    @property
     def kind(self) -> str:
-        return self.step.output
+        return self.step_facts.output
+
+    @property
+    def loaded(self) -> bool:
+        """The real step and params are in memory (always, on a freshly bound graph)."""
+        return self._step is not None and self._params is not None
+
+    @property
+    def step(self) -> "Step":
+        if self._step is None:
+            self._load()
+        assert self._step is not None
+        return self._step
+
+    @property
+    def params(self) -> "Params":
+        if self._params is None:
+            self._load()
+        assert self._params is not None
+        return self._params
+
+    @params.setter
+    def params(self, value: "Params") -> None:
+        if self.facts is not None and value is not self._params:
+            self.facts = None  # taken from the old params: ask the step from now on
+        self._params = value
+
+    def _load(self) -> None:
+        """Import the step and validate the params as binding did (what the cache proved unchanged)."""
+        with _LOADING:
+            if self._step is not None and self._params is not None:
+                return
+            step = self.info.instance()
+            params = _validate(step, self.target)
+            if self.facts is not None and self.facts.asked:
+                params = params.model_copy(update=self.facts.asked)
+            self._step, self._params = step, params
+
+    # -- what the engine asks, answered from the facts where they hold ----------
+
+    def key_params(self, resolver: "Resolver") -> dict[str, Any]:
+        """The (resolved) params as the action key holds them: JSON, judge params left out."""
+        judged = self.step_facts.judge_params
+        if self.facts is not None and not self.step_facts.resolves:
+            return {k: v for k, v in self.facts.params.items() if k not in judged}
+        return resolver.params(self).model_dump(mode="json", exclude=set(judged))
+
+    def sources(self, resolver: "Resolver", *, known: bool = False) -> list[str]:
+        """The declared sources for the resolved params (``known``: as far as this build resolved them)."""
+        if self.facts is not None and self.facts.sources is not None:
+            return list(self.facts.sources)
+        return self.step.sources(resolver.known(self) if known else resolver.params(self))
+
+    def requirements(self, nodes: dict[str, "Node"]) -> Requirements:
+        if self.facts is not None and self.facts.requirements is not None:
+            return self.facts.requirements
+        return self.step.requirements(self.params, input_kinds(self, nodes))
+
+    def elsewhere(self) -> str:
+        if self.facts is not None and self.facts.elsewhere is not None:
+            return self.facts.elsewhere
+        return self.step.elsewhere(self.name, self.params)
+
+    def toolchain_versions(self) -> dict[str, str]:
+        if self.step_facts.own_toolchain:
+            return self.step.toolchain_versions()
+        return installed_versions(self.step_facts.toolchain)
+
+    @property
+    def judges(self) -> bool:
+        """The step judges its results (``Step.judge`` overridden)."""
+        return self.step_facts.judges
+
+    def takes_in_memory(self, slot: str) -> bool:
+        return slot in self.step_facts.in_memory
+
+    @property
+    def keeps_value(self) -> bool:
+        return self.step_facts.keeps_value
 
 
 class BuildGraph:
@@ -94,7 +195,13 @@ class BuildGraph:
         for node in nodes.values():
             _check_step(node, nodes)
         # What consumers ask of their producers (e.g. an ETRecord for profile/validate): decided here, once.
+        validated = {name: node.params for name, node in nodes.items()}
         apply_asks(nodes)
+        for name, node in nodes.items():
+            fields = type(node.params).model_fields
+            asked = {k: getattr(node.params, k) for k in fields
+                     if getattr(node.params, k) is not getattr(validated[name], k)}
+            node.facts = NodeFacts.of(node.step, node.params, asked, input_kinds(node, nodes), name, node.step_facts)
         return cls(recipes, nodes, edges)
 
     @property
@@ -192,10 +299,7 @@ def _bind(target: Target, registry: Registry) -> Node:
         )
     info = registry.get(target.step)
     step = info.instance()
-    try:
-        params = step.Params.model_validate(target.params)
-    except ValidationError as exc:
-        raise _param_error(exc, target, step) from exc
+    params = _validate(step, target)
     inputs = dict(target.inputs)
     if "*" in inputs:
         slots = list(step.inputs)
@@ -206,10 +310,19 @@ def _bind(target: Target, registry: Registry) -> Node:
                 key=f"{target.key_path}.inputs",
             )
         inputs[slots[0]] = inputs.pop("*")
-    return Node(target=target, info=info, step=step, params=params, inputs=inputs)
+    return Node(target, info, inputs, step=step, params=params)
 
 
-def _param_error(exc: ValidationError, target: Target, step: Step) -> RecipeError:
+def _validate(step: "Step", target: Target) -> "Params":
+    from pydantic import ValidationError
+
+    try:
+        return step.Params.model_validate(target.params)
+    except ValidationError as exc:
+        raise _param_error(exc, target, step) from exc
+
+
+def _param_error(exc: "ValidationError", target: Target, step: "Step") -> RecipeError:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     key = f"{target.key_path}.{loc}" if loc else target.key_path

@@ -101,6 +101,29 @@ class StepInfo:
                     raise InternalError(f"step {self.name}: cannot fingerprint its code: {exc}") from exc
             return self._code
 
+    def code_if(self, fingerprint: str, code_modules: tuple[str, ...], code_files: tuple[str, ...],
+                index: Any = None) -> "StepCode | None":
+        """The step's code, without importing it, if it still has ``fingerprint``; else None.
+
+        ``code_modules`` and ``code_files`` are what the class declared when
+        ``fingerprint`` was taken (a bound graph records them: graph_cache.py).
+        The same files hashing to the same fingerprint means the same module,
+        hence the same declarations; only then is the result kept as :meth:`code`'s.
+        """
+        with self._code_lock:
+            if self._code is not None:
+                return self._code if self._code.fingerprint == fingerprint else None
+            from .fingerprint import step_code
+
+            try:
+                code = step_code(self.module, code_modules, code_files, index=index)
+            except (ModuleNotFoundError, ValueError, OSError):
+                return None  # binding afresh reports it
+            if code.fingerprint != fingerprint:
+                return None
+            self._code = code
+            return code
+
     @property
     def fingerprint(self) -> str:
         """Hash of the step's code (its import closure and declared data files)."""
@@ -117,13 +140,18 @@ def source_files(cls: "type[Step]") -> list[Path]:
 class Registry:
     """Name -> :class:`StepInfo` for every installed step plugin."""
 
-    def __init__(self, steps: dict[str, StepInfo]):
+    def __init__(self, steps: dict[str, StepInfo], distributions: tuple[str, ...] | None = None):
         self._steps = dict(sorted(steps.items()))
+        #: Every ``*.dist-info`` / ``*.egg-info`` directory on ``sys.path`` (``folder/name-version.dist-info``),
+        #: as discovery saw them: which distributions, at which versions, are installed. None: not known.
+        self.distributions = distributions
 
     @classmethod
     def discover(cls) -> "Registry":
         steps: dict[str, StepInfo] = {}
-        found = _scan_entry_points()
+        listed: list[str] = []
+        found = _scan_entry_points(listing=listed)
+        scanned = found is not None  # else the installed set is only known to importlib.metadata
         if found is None:
             from importlib import metadata
 
@@ -136,7 +164,7 @@ class Registry:
                     f"two plugins register step '{name}': {steps[name].entry} and {value}"
                 )
             steps[name] = StepInfo(name, value, dist)
-        return cls(steps)
+        return cls(steps, tuple(listed) if scanned else None)
 
     def names(self) -> list[str]:
         return list(self._steps)
@@ -187,10 +215,11 @@ def _reads_sys_path(finder: Any) -> bool:
     return cls.__module__ == "importlib_metadata" and cls.__name__ == "MetadataPathFinder"
 
 
-def _scan_entry_points(group: str = GROUP) -> list[tuple[str, str, _DistName]] | None:
+def _scan_entry_points(group: str = GROUP, listing: list[str] | None = None) -> list[tuple[str, str, _DistName]] | None:
     """(name, "module:attr", distribution) of every entry point of ``group``
     (``modelbuild.steps``, ``modelbuild.backends``), in ``sys.path`` order;
-    None where only importlib.metadata can tell."""
+    None where only importlib.metadata can tell. ``listing`` receives every
+    distribution directory seen (``folder/dir``), in the same order."""
     from importlib.machinery import PathFinder
 
     if any(f is not PathFinder and hasattr(f, "find_distributions") and not _reads_sys_path(f) for f in sys.meta_path):
@@ -206,6 +235,8 @@ def _scan_entry_points(group: str = GROUP) -> list[tuple[str, str, _DistName]] |
             return None  # a zip file on sys.path: it may hold distributions
         except OSError:
             continue
+        if listing is not None:
+            listing.extend(os.path.join(folder, n) for n in names)
         for dist_dir in names:
             dist = _normalized(dist_dir.rpartition(".")[0].partition("-")[0])
             if dist in seen:

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import copy
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import RecipeError, closest
 
-__all__ = ["Target", "Recipes", "load_recipes", "parse_override", "RESERVED_KEYS"]
+__all__ = ["Target", "Recipes", "load_recipes", "recipe_files", "parse_override", "RESERVED_KEYS"]
 
 RESERVED_KEYS = ("step", "inputs", "extends", "description")
 #: A ``${name}`` reference (the JSON Schema of ``modelbuild schema`` uses it too).
@@ -158,6 +157,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     >>> parse_override("targets.q.group_size=64")
     (['targets', 'q', 'group_size'], 64)
     """
+    import tomllib  # here, not at module level: a graph from the bound-graph cache parses no TOML
+
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise RecipeError(f"--set {text!r}: expected KEY=VALUE, e.g. targets.NAME.param=VALUE")
@@ -178,10 +179,13 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _read_file(path: Path, root: Path) -> _RecipeFile:
+def _read_file(path: Path, root: Path, raw: bytes | None = None) -> _RecipeFile:
+    import tomllib
+
     shown = _relative(path, root)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = (path.read_bytes() if raw is None else raw).decode("utf-8")
+        data = tomllib.loads(text.replace("\r\n", "\n").replace("\r", "\n"))  # as read_text() reads it
     except OSError as exc:
         raise RecipeError(f"cannot read recipe: {exc.strerror or exc}", file=shown) from exc
     except UnicodeDecodeError as exc:
@@ -214,18 +218,32 @@ def _lookup(name: str, variables: dict[str, Any], file: str, key: str) -> Any:
     return variables[name]
 
 
+def recipe_files(recipes_dir: Path) -> list[Path]:
+    """The recipe files of a project: every ``*.toml`` under ``recipes_dir``, sorted, recursive."""
+    return sorted(Path(recipes_dir).rglob("*.toml"))
+
+
 def load_recipes(
     recipes_dir: Path,
     overrides: list[str] | None = None,
     root: Path | None = None,
+    *,
+    texts: dict[Path, bytes] | None = None,
 ) -> Recipes:
-    """Load and resolve every ``*.toml`` under ``recipes_dir`` (sorted, recursive)."""
+    """Load and resolve every ``*.toml`` under ``recipes_dir`` (sorted, recursive).
+
+    ``texts`` (file -> bytes) gives the files and their content as the caller
+    read them, so that what is parsed is exactly what the caller hashed (the
+    bound-graph cache keys the graph by them: graph_cache.py).
+    """
     recipes_dir = Path(recipes_dir)
     root = Path(root) if root is not None else recipes_dir.parent
     if not recipes_dir.is_dir():
         raise RecipeError(f"no recipes directory at {recipes_dir} (use --project or --recipes)")
-    files = sorted(recipes_dir.rglob("*.toml"))
-    parsed: list[tuple[str, _RecipeFile]] = [(_relative(p, root), _read_file(p, root)) for p in files]
+    files = recipe_files(recipes_dir) if texts is None else sorted(texts)
+    parsed: list[tuple[str, _RecipeFile]] = [
+        (_relative(p, root), _read_file(p, root, None if texts is None else texts[p])) for p in files
+    ]
 
     variables: dict[str, Any] = {}
     var_origin: dict[str, str] = {}

@@ -14,6 +14,12 @@ where inside the file it is (:func:`locate`):
   the ``eh00`` extended header), and which segment when executorch is
   installed to read the program's segment table.
 
+A step may declare some of its output files measurements of the run
+(``measurement_files``, e.g. the validate step's ``timings.json``: load time,
+speeds, peak memory): they are left out of every comparison and reported as
+"not compared (measurements)" (:class:`NotCompared`), never silently; every
+other file is compared byte for byte.
+
 The first target of the chain (in build order) that differs is the
 non-reproducible step; targets after it that differ are reported as fed by it.
 Each compared target's verdict is remembered per action key under
@@ -29,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -41,8 +48,12 @@ from .hashing import Manifest
 
 __all__ = [
     "Difference",
+    "NotCompared",
     "RebuildReport",
     "compare_manifests",
+    "measurement_files",
+    "is_measurement",
+    "uncompared",
     "first_difference",
     "locate",
     "rebuild_check",
@@ -91,14 +102,49 @@ class Difference:
                 "offset": self.offset, "where": self.where, "downstream": self.downstream}
 
 
+@dataclass(frozen=True)
+class NotCompared:
+    """A file left out of the comparison because its step declares it a measurement of the run."""
+
+    target: str
+    step: str
+    file: str
+
+    def line(self) -> str:
+        return (f"{self.target} ({self.step}): {self.file}: not compared (measurements: "
+                "the step declares it varies from run to run, e.g. timings)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "step": self.step, "file": self.file, "why": "measurements"}
+
+
+def measurement_files(step) -> tuple[str, ...]:
+    """The output paths (fnmatch patterns) that ``step`` declares measurements of its run.
+
+    A step class attribute, ``measurement_files = ("timings.json",)``; steps
+    without one have none.
+    """
+    return tuple(getattr(step, "measurement_files", ()) or ())
+
+
+def is_measurement(path: str, patterns: tuple[str, ...]) -> bool:
+    """Whether output ``path`` matches one of a step's measurement-file patterns."""
+    return any(fnmatch.fnmatchcase(path, p) for p in patterns)
+
+
 @dataclass
 class RebuildReport:
-    """What ``rebuild_check`` found: per target "identical", "differs" or why it was not compared."""
+    """What ``rebuild_check`` found: per target "identical", "differs" or why it was not compared.
+
+    ``not_compared`` lists the measurement files left out of the comparison
+    (they never make a target differ).
+    """
 
     targets: dict[str, str] = field(default_factory=dict)
     steps: dict[str, str] = field(default_factory=dict)
     differences: list[Difference] = field(default_factory=list)
     duration_s: float = 0.0
+    not_compared: list[NotCompared] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -117,6 +163,7 @@ class RebuildReport:
     def to_json(self) -> dict[str, Any]:
         return {"format": "modelbuild-verify/1", "ok": self.ok, "targets": self.targets,
                 "culprits": self.culprits, "differences": [d.to_json() for d in self.differences],
+                "not_compared": [n.to_json() for n in self.not_compared],
                 "duration_s": round(self.duration_s, 3)}
 
 
@@ -150,15 +197,20 @@ def compare_manifests(
     new_file: Callable[[str], Path],
     *,
     downstream: bool = False,
+    measurements: tuple[str, ...] = (),
 ) -> list[Difference]:
     """Every file that differs between two outputs of ``target``, in path order.
 
     ``old_file(path)`` / ``new_file(path)`` give a readable file for an entry.
+    Paths matching ``measurements`` (the step's :func:`measurement_files`) are
+    not compared; :func:`uncompared` lists them.
     """
     a = {e.path: e for e in old.entries}
     b = {e.path: e for e in new.entries}
     diffs: list[Difference] = []
     for path in sorted(set(a) | set(b)):
+        if is_measurement(path, measurements):
+            continue
         ea, eb = a.get(path), b.get(path)
         if eb is None:
             diffs.append(Difference(target, step, path, "missing", downstream=downstream))
@@ -172,6 +224,12 @@ def compare_manifests(
         elif ea.executable != eb.executable:
             diffs.append(Difference(target, step, path, "mode", downstream=downstream))
     return diffs
+
+
+def uncompared(target: str, step: str, old: Manifest, new: Manifest, measurements: tuple[str, ...]) -> list[NotCompared]:
+    """The files of either output that :func:`compare_manifests` leaves out as measurements."""
+    paths = {e.path for e in old.entries} | {e.path for e in new.entries}
+    return [NotCompared(target, step, p) for p in sorted(paths) if is_measurement(p, measurements)]
 
 
 # -- where inside a file ----------------------------------------------------------
@@ -301,12 +359,14 @@ def _verdict_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / "verify" / f"{key}.json"
 
 
-def save_verdict(cache_dir: Path, key: str, target: str, step: str, result: str, differences: list[Difference]) -> None:
-    """Remember that the output of action ``key`` rebuilt identical (or not)."""
+def save_verdict(cache_dir: Path, key: str, target: str, step: str, result: str, differences: list[Difference],
+                 not_compared: list[NotCompared] = ()) -> None:
+    """Remember that the output of action ``key`` rebuilt identical (or not), and which files were not compared."""
     path = _verdict_path(cache_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": VERIFY_FORMAT, "key": key, "target": target, "step": step, "result": result,
-            "differences": [d.to_json() for d in differences]}
+            "differences": [d.to_json() for d in differences],
+            "not_compared": sorted(n.file for n in not_compared)}
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, sort_keys=True, indent=1))
     os.replace(tmp, path)
@@ -373,22 +433,25 @@ def rebuild_check(
                     report.targets[name] = "not compared: the rebuild left no record"
                     continue
                 fed_by_difference = any(p in differed for p in graph.producers(name))
+                measured = measurement_files(node.step)
                 diffs = compare_manifests(
                     name, node.step.name, old.manifest, new.manifest,
                     lambda p, m=old.manifest: _blob(store, m, p),
                     lambda p, m=new.manifest: _blob(fresh, m, p),
-                    downstream=fed_by_difference,
+                    downstream=fed_by_difference, measurements=measured,
                 )
+                skipped = uncompared(name, node.step.name, old.manifest, new.manifest, measured)
+                report.not_compared.extend(skipped)
                 if diffs:
                     differed.add(name)
                     report.targets[name] = "differs"
                     report.differences.extend(diffs)
                     if not fed_by_difference and old.key == res.key:
-                        save_verdict(store.root, old.key, name, node.step.name, "differs", diffs)
+                        save_verdict(store.root, old.key, name, node.step.name, "differs", diffs, skipped)
                 else:
                     report.targets[name] = "identical"
                     if old.key == res.key:
-                        save_verdict(store.root, old.key, name, node.step.name, "identical", [])
+                        save_verdict(store.root, old.key, name, node.step.name, "identical", [], skipped)
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -478,8 +541,10 @@ def compare_against(graph, store, results: dict[str, Any], other: Path) -> Rebui
                         shutil.copyfile(other / name / path, dest)
                 return dest
 
+            measured = measurement_files(graph.nodes[name].step)
             diffs = compare_manifests(name, step, their, mine, their_file,
-                                      lambda p, m=rec.manifest: _blob(store, m, p))
+                                      lambda p, m=rec.manifest: _blob(store, m, p), measurements=measured)
+            report.not_compared.extend(uncompared(name, step, their, mine, measured))
             report.targets[name] = "differs" if diffs else "identical"
             report.differences.extend(diffs)
     finally:

@@ -28,9 +28,10 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .step import Params, ResolveContext
+from .step_types import ResolveContext  # light: a cached bound graph keys without pydantic
 
 if TYPE_CHECKING:
+    from .step import Params
     from .graph import Node
 
 __all__ = ["Resolver", "RESOLVE_TTL_S", "TTL_ENV", "resolve_ttl"]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .step import Requirements
+from .step_types import Requirements  # light: no pydantic on a build's path
 
 __all__ = ["TOOL_RESOURCES", "demand", "lacking", "describe_workers"]
 

@@ -39,8 +39,6 @@ files and toolchain versions; it runs ``run`` in a child process with an empty
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +48,8 @@ from pydantic import BaseModel, ConfigDict
 
 from .artifacts import Artifact
 from .errors import PlatformUnavailable, RecipeError, StepError
+# The light values (no pydantic), re-exported here: the engine imports them from step_types.
+from .step_types import Requirements, ResolveContext, host_platform, installed_versions, unmet_requirement
 
 __all__ = [
     "Step",
@@ -93,20 +93,6 @@ class Input:
 
 
 @dataclass(frozen=True)
-class Requirements:
-    """What a step needs of its host.
-
-    ``platforms``: any of ``"linux"``, ``"macos"`` (empty = any);
-    ``tools``: executables that must be on ``PATH``;
-    ``memory_gb``: a rough peak, used for scheduling and warnings.
-    """
-
-    platforms: tuple[str, ...] = ()
-    tools: tuple[str, ...] = ()
-    memory_gb: float | None = None
-
-
-@dataclass(frozen=True)
 class Verdict:
     """The judgment of a cached measurement (see ``Step.judge``)."""
 
@@ -115,35 +101,6 @@ class Verdict:
     figures: Mapping[str, Any] = field(default_factory=dict)
     #: "pass" / "fail", or e.g. "needs macOS" for a distinct not-run status.
     status: str | None = None
-
-
-def host_platform() -> str:
-    """``"macos"``, ``"linux"`` or ``sys.platform``.
-
-    ``MODELBUILD_HOST_PLATFORM`` overrides it, for tests of platform routing.
-    """
-    forced = os.environ.get("MODELBUILD_HOST_PLATFORM")
-    if forced:
-        return forced
-    if sys.platform == "darwin":
-        return "macos"
-    if sys.platform.startswith("linux"):
-        return "linux"
-    return sys.platform
-
-
-def unmet_requirement(req: Requirements) -> str | None:
-    """What this host lacks of ``req`` ("macOS", "xcrun on PATH"), or None."""
-    import shutil
-
-    plat = host_platform()
-    if req.platforms and plat not in req.platforms:
-        names = {"macos": "macOS", "linux": "Linux"}
-        return " or ".join(names.get(p, p) for p in req.platforms)
-    for tool in req.tools:
-        if shutil.which(tool) is None:
-            return f"{tool} on PATH"
-    return None
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -267,35 +224,6 @@ class StepContext:
         return path
 
 
-@dataclass
-class ResolveContext:
-    """What ``Step.resolve`` gets.
-
-    - ``project``: the project root
-    - ``cache``: a directory kept across builds (in the cache) where a step may
-      remember resolutions, e.g. which commit a branch named
-    - ``refresh``: ``--refresh`` was given: resolve again, ignore what was remembered
-    - ``ttl_s``: how long a remembered resolution may be reused without asking again
-    - ``note(text)``: a line the user must see beside the target's decision
-      (``plan``, ``build``), e.g. that an offline build used an old resolution
-    - ``expires(ns)``: the resolution is good until that time (``time.time_ns()``);
-      the no-op fast path does not claim "up to date" past it
-    """
-
-    project: Path
-    cache: Path
-    refresh: bool = False
-    ttl_s: float = 600.0
-    notes: list[str] = field(default_factory=list)
-    valid_until_ns: int | None = None
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-
-    def expires(self, when_ns: int) -> None:
-        self.valid_until_ns = when_ns if self.valid_until_ns is None else min(self.valid_until_ns, when_ns)
-
-
 class Step:
     """Base class of step plugins. See the module docstring for an example."""
 
@@ -330,7 +258,12 @@ class Step:
     Params: ClassVar[type[Params]] = Params
 
     def sources(self, params: Params) -> list[str]:
-        """Project-relative files or directories whose *content* enters the key."""
+        """Project-relative files or directories whose *content* enters the key.
+
+        A function of ``params`` only (the files' content is read by the
+        engine): the bound graph keeps the answer (graph_facts.py), and a
+        full-check build that changed nothing does not ask again.
+        """
         return []
 
     def resolve(self, params: Params, ctx: ResolveContext) -> Params:
@@ -348,15 +281,7 @@ class Step:
 
     def toolchain_versions(self) -> dict[str, str]:
         """Versions of the declared toolchain (missing ones as ``"not installed"``)."""
-        from importlib import metadata  # ~30 ms to import; steps without a toolchain never need it
-
-        versions = {}
-        for dist in self.toolchain:
-            try:
-                versions[dist] = metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                versions[dist] = "not installed"
-        return versions
+        return installed_versions(self.toolchain)
 
     def check(self, params: Params, input_kinds: Mapping[str, str | list[str]]) -> None:
         """Reject parameter/input combinations before anything runs.
@@ -368,6 +293,9 @@ class Step:
     def requirements(self, params: Params, input_kinds: Mapping[str, str | list[str]]) -> Requirements:
         """The host requirements for these params and inputs (default: ``requires``).
 
+        A function of its arguments (whether this host meets them is decided
+        at each build): the bound graph keeps the answer, as for ``sources``.
+
         A requirement that only shows once the step runs (e.g. a .pte whose
         delegate needs Core ML) is signalled by raising
         :class:`PlatformUnavailable` from ``run``; the target then gets the
@@ -376,7 +304,7 @@ class Step:
         return self.requires
 
     def elsewhere(self, target: str, params: Params) -> str:
-        """The exact command that builds this target on a host that can."""
+        """The exact command that builds this target on a host that can (a function of its arguments)."""
         return f"modelbuild build {target}"
 
     def judge(self, params: Params, artifact: Artifact) -> Verdict | None:

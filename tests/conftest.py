@@ -16,6 +16,9 @@ import pytest
 # transformers (see the module's docstring); its hooks register from here.
 from tests.ml_guard import *  # noqa: E402,F401,F403
 
+# The directory the processes of one run (pytest-xdist workers) share.
+pytest_plugins = ["tests.shared_dir"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 import pytest
 
@@ -214,6 +215,37 @@ def test_parallel_steps_share_the_cores(project, monkeypatch):
     assert project.statuses(alone) == {"x": "cached", "y": "built"}
     assert (project.out / "y" / "threads").read_text() == "two 4\n"
     assert together.ok and alone.ok
+
+
+@pytest.mark.slow
+def test_siblings_are_counted_before_any_of_them_decides(project, monkeypatch):
+    """Ready targets are claimed as a batch before the first starts: when the
+    scheduler thread is slow to reach the second one (a loaded machine; here a
+    claim that sleeps), the first must not decide it runs alone."""
+    from modelbuild import schedule
+
+    monkeypatch.setattr("modelbuild.engine.os.cpu_count", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    claims = []
+    claim = schedule.CoreShare.claim
+
+    def slow_second_claim(self):
+        claims.append(1)
+        if len(claims) == 2:
+            time.sleep(1.5)
+        return claim(self)
+
+    monkeypatch.setattr(schedule.CoreShare, "claim", slow_second_claim)
+    project.recipe("""
+        [targets.x]
+        step = "command"
+        command = "sleep 1; echo $OMP_NUM_THREADS > $MODELBUILD_OUT/threads"
+        [targets.y]
+        step = "command"
+        command = "sleep 1; echo y $OMP_NUM_THREADS > $MODELBUILD_OUT/threads"
+    """)
+    assert project.build("x", "y", jobs=2).ok
+    assert [(project.out / t / "threads").read_text() for t in ("x", "y")] == ["2\n", "y 2\n"]
 
 
 @pytest.mark.slow

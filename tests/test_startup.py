@@ -2,7 +2,9 @@
 
 Every edit-and-rebuild pays this start-up, so a build imports only the step
 plugins its graph uses, never networkx, and discovers plugins without
-importlib.metadata's per-distribution objects, with the same answer.
+importlib.metadata's per-distribution objects, with the same answer; once its
+bound graph is cached (graph_cache.py, tests/test_bound_graph.py), a full check
+that changed nothing imports neither a step plugin nor pydantic.
 """
 
 from __future__ import annotations
@@ -58,14 +60,22 @@ except SystemExit as e:
 steps = sorted(m for m in sys.modules if m.startswith("modelbuild.steps."))
 print("STEPS=" + ",".join(steps))
 print("HEAVY=" + ",".join(m for m in ("networkx", "torch", "filelock") if m in sys.modules))
+print("PYDANTIC=" + ",".join(m for m in ("pydantic", "pydantic_core") if m in sys.modules))
 """
 
 
 @pytest.mark.slow
 def test_a_full_check_loads_only_the_plugins_its_graph_uses(chain):
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=chain.root, capture_output=True, text=True)
-    assert "STEPS=modelbuild.steps.command\n" in out.stdout, out.stdout + out.stderr
-    assert "HEAVY=\n" in out.stdout, out.stdout
+    def probe() -> str:
+        out = subprocess.run([sys.executable, "-c", PROBE], cwd=chain.root, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    first = probe()  # binds the graph: imports the command step (and pydantic), nothing else
+    assert "STEPS=modelbuild.steps.command\n" in first and "HEAVY=\n" in first, first
+    probe()  # the cache directory exists now: this one keeps its bound graph (graph_cache.py)
+    again = probe()  # nothing changed: the bound graph comes from the cache, no step or pydantic is imported
+    assert "STEPS=\n" in again and "HEAVY=\n" in again and "PYDANTIC=\n" in again, again
 
 
 def test_the_importlib_metadata_backport_keeps_the_fast_scan(tmp_path, monkeypatch):
@@ -79,3 +89,15 @@ def test_the_importlib_metadata_backport_keeps_the_fast_scan(tmp_path, monkeypat
     found = _scan_entry_points()
     assert found is not None
     assert ("loud", "mb_c:Loud", "mb_c") in [(n, v, d.name) for n, v, d in found]
+
+
+def test_a_registry_found_through_importlib_metadata_lists_no_distributions(tmp_path, monkeypatch):
+    """Then the installed set is unknown, and the bound-graph cache must not be keyed by a partial list."""
+    archive = tmp_path / "plugins.zip"
+    archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    monkeypatch.syspath_prepend(str(archive))
+    assert Registry.discover().distributions is None
+    monkeypatch.syspath_prepend(str(tmp_path))  # (a plain directory first: still the zip later on)
+    assert Registry.discover().distributions is None
+    monkeypatch.undo()
+    assert Registry.discover().distributions

@@ -52,6 +52,9 @@ def cache_clear(*, project: Path | str | None = None, cache_dir: Path | str | No
         forget_all(ws.cache_dir)
         store.clear()
         History(ws.cache_dir).clear()
+        from ..graph_cache import clear as clear_bound  # the bound graphs too: a clean slate
+
+        clear_bound(ws.cache_dir)
 
 
 @dataclass
@@ -90,7 +93,7 @@ def _decisions(ws, graph, names, store):
     for name in graph.closure(names):
         node = graph.nodes[name]
         decision = engine.decide(node, {p: predicted[p] for p in graph.producers(name)})
-        predicted[name] = TargetResult(name, node.step.name, decision.status,
+        predicted[name] = TargetResult(name, node.step_name, decision.status,
                                        decision.reasons[0] if decision.reasons else "",
                                        digest=decision.digest, blocked_by=decision.blocked_by)
         yield name, decision

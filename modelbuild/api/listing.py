@@ -23,7 +23,7 @@ def list_targets(*, project: Path | str | None = None, recipes: Path | str | Non
     return [
         {
             "name": name,
-            "step": node.step.name,
+            "step": node.step_name,
             "kind": node.kind,
             "description": node.target.description,
             "file": node.target.file,

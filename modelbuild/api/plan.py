@@ -82,8 +82,8 @@ def plan(
             decision = engine.decide(node, {p: predicted[p] for p in graph.producers(name)})
             key = decision.prepared.key if decision.prepared else None
             # What the build will have for this target when its consumers are decided.
-            predicted[name] = TargetResult(name, node.step.name, decision.status, decision.reasons[0] if decision.reasons else "",
+            predicted[name] = TargetResult(name, node.step_name, decision.status, decision.reasons[0] if decision.reasons else "",
                                            digest=decision.digest, blocked_by=decision.blocked_by)
-            result.rows.append(PlanRow(name, node.step.name, decision.kind, decision.reasons, key,
+            result.rows.append(PlanRow(name, node.step_name, decision.kind, decision.reasons, key,
                                        decision.blocked_by, decision.command))
     return result

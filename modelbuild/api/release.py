@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..hashing import Manifest
 from ..keys import KEY_SCHEMA
 from ..lockfile import LOCK_NAME, Lock, current_toolchain, fetch_identity, locked_overrides
 from ..bundle import (
@@ -31,7 +32,7 @@ from ..bundle import (
     verify_bundle,
     write_archive,
 )
-from ..reproduce import RebuildReport, load_verdict, rebuild_check
+from ..reproduce import RebuildReport, is_measurement, load_verdict, measurement_files, rebuild_check
 from .workspace import Workspace
 
 __all__ = ["release", "release_verify", "ReleaseResult", "BundleCheck"]
@@ -116,11 +117,13 @@ def release(
     store = ws.store()
     try:
         report = None
-        artifacts = [n for n in chain if graph.nodes[n].kind != _MEASUREMENTS]
-        unchecked = [n for n in artifacts if load_verdict(store.root, result.targets[n].key or "") is None]
+        # Validate targets are rebuilt and compared too (their figures go into the manifest);
+        # one that cannot run on this host (needs macOS) is released with its status only.
+        idle = {n for n in chain if graph.nodes[n].kind == _MEASUREMENTS and result.targets[n].status == "unavailable"}
+        unchecked = [n for n in chain if n not in idle and load_verdict(store.root, result.targets[n].key or "") is None]
         if check_rebuild and unchecked:
-            leaves = [n for n in names if graph.nodes[n].kind != _MEASUREMENTS] or []
-            leaves += [p for n in names if graph.nodes[n].kind == _MEASUREMENTS for p in graph.producers(n)]
+            leaves = [n for n in names if n not in idle]
+            leaves += [p for n in names if n in idle for p in graph.producers(n)]
             report = rebuild_check(graph, store, project=ws.root, names=sorted(set(leaves)), jobs=jobs)
         repro = _reproducibility(graph, store, result, chain, allow, report)
         return ReleaseResult(_write(ws, graph, store, result, names, chain, lk, repro, output, name,
@@ -134,8 +137,8 @@ def _reproducibility(graph, store, result, chain, allow, report) -> dict[str, st
     refused = []
     for n in chain:
         node = graph.nodes[n]
-        if node.kind == _MEASUREMENTS:
-            repro[n] = "measurements: verdict and figures in the manifest, files not archived"
+        if node.kind == _MEASUREMENTS and result.targets[n].status == "unavailable":
+            repro[n] = f"not checked: {result.targets[n].reason} (status and reason in the manifest)"
             continue
         upstream = [p for p in graph.closure([n]) if p != n and repro.get(p, "").startswith(("differs", "fed by"))]
         verdict = load_verdict(store.root, result.targets[n].key or "")
@@ -146,7 +149,8 @@ def _reproducibility(graph, store, result, chain, allow, report) -> dict[str, st
         elif verdict is None:
             repro[n] = "not checked"
         elif verdict["result"] == "identical":
-            repro[n] = "rebuilt identical"
+            skipped = verdict.get("not_compared") or []
+            repro[n] = "rebuilt identical" + (f" (not compared: {', '.join(skipped)}: measurements)" if skipped else "")
         else:
             first = (verdict.get("differences") or [{}])[0]
             what = f"{first.get('file')} differs at byte {first.get('offset')}" if first else "its output differs"
@@ -162,6 +166,16 @@ def _reproducibility(graph, store, result, chain, allow, report) -> dict[str, st
             + " --allow-nondeterministic ".join(r.split(" ", 1)[0] for r in refused) + " to release it anyway)"
         )
     return repro
+
+
+def _artifact(record, measured: tuple[str, ...]) -> dict[str, Any]:
+    """The chain entry's ``artifact`` digest; for a step with measurement files (timings.json),
+    the digest of its other files, which rebuild identically, and the list of those left out."""
+    skipped = [e.path for e in record.manifest.entries if is_measurement(e.path, measured)]
+    if not skipped:
+        return {"artifact": record.manifest.digest}
+    kept = Manifest([e for e in record.manifest.entries if e.path not in skipped])
+    return {"artifact": kept.digest, "measurement_files": skipped}
 
 
 def _bundle_dir(output: Path, name: str) -> Path:
@@ -194,7 +208,10 @@ def _write(ws, graph, store, result, names, chain, lk, repro, output, name, over
             if moved:
                 timings[n] = moved
             continue
+        measured = measurement_files(node.step)
         for e in records[n].manifest.entries:
+            if is_measurement(e.path, measured):  # not reproducible: listed in the chain, not archived
+                continue
             rel = f"{n}/{e.path}"
             src = store.blob_path(e.digest, e.executable)
             files[rel] = (src, e.executable)
@@ -218,8 +235,9 @@ def _write(ws, graph, store, result, names, chain, lk, repro, output, name, over
         "recipes": recipes,
         "overrides": list(overrides),
         "chain": {n: {"step": graph.nodes[n].step.name, "recipe": graph.nodes[n].target.file,
-                      "key": records[n].key, "artifact": records[n].manifest.digest,
-                      "key_record": records[n].key_record} for n in chain if records.get(n)},
+                      "key": records[n].key, "key_record": records[n].key_record,
+                      **_artifact(records[n], measurement_files(graph.nodes[n].step))}
+                  for n in chain if records.get(n)},
         "inputs": fetch_now,
         "lock": ({"recipe_digest": lk.recipe_digest, "source_date_epoch": lk.source_date_epoch,
                   "fetch": {k: v for k, v in lk.fetch.items() if k in chain}} if lk else None),

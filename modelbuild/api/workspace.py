@@ -54,10 +54,10 @@ class Workspace:
         return load_recipes(self.recipes_dir, overrides=overrides, root=self.root)
 
     def graph(self, overrides: list[str] | None = None):
-        from ..graph import BuildGraph
-        from ..plugins import Registry
+        """The bound graph; from the cache's bound-graph entries when nothing it came from changed (graph_cache.py)."""
+        from ..graph_cache import load_graph
 
-        return BuildGraph.build(self.recipes(overrides), Registry.discover())
+        return load_graph(self.root, self.recipes_dir, self.cache_dir, overrides)
 
     def store(self):
         from ..store import Store

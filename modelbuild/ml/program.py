@@ -31,6 +31,7 @@ __all__ = [
     "ProgramInfo",
     "save_program",
     "load_program",
+    "register_ops",
     "make_deterministic",
     "no_stack_traces",
     "PROGRAM_FILE",
@@ -189,11 +190,14 @@ def save_program(out: Path, ep, info: ProgramInfo, example_inputs: tuple, tokeni
     (out / INFO_FILE).write_text(info.to_json())
 
 
-def load_program(path: Path):
-    """Read an exported-program artifact: ``(ExportedProgram, ProgramInfo, example_inputs)``."""
-    import torch
+def register_ops(info: ProgramInfo) -> None:
+    """Register the operator libraries a program described by ``info`` may hold.
 
-    info = ProgramInfo.from_json((path / INFO_FILE).read_text())
+    :func:`load_program` does it before deserializing; a step handed a program
+    in memory by a fused session (``StepContext.input_value``) calls it too, so
+    its process has the same operators (and out-variants for lowering) as one
+    that loaded the files.
+    """
     if info.use_sdpa_with_kv_cache or info.quantization:
         # Programs may hold ExecuTorch custom ops and quantized ops; they must be
         # registered before the program is deserialized.
@@ -203,6 +207,14 @@ def load_program(path: Path):
         from modelbuild.backends import get_backend
 
         get_backend(info.source_transforms["backend"]).load_ops()  # e.g. coreml::sdpa
+
+
+def load_program(path: Path):
+    """Read an exported-program artifact: ``(ExportedProgram, ProgramInfo, example_inputs)``."""
+    import torch
+
+    info = ProgramInfo.from_json((path / INFO_FILE).read_text())
+    register_ops(info)
     ep = torch.export.load(path / PROGRAM_FILE)
     example = torch.load(path / INPUTS_FILE, weights_only=True)
     return ep, info, tuple(example)

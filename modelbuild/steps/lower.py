@@ -82,7 +82,7 @@ class LowerStep(Step):
 
     def run(self, ctx: StepContext) -> None:
         from modelbuild.ml.lower import BackendUnavailable, LowerOptions, lower_program
-        from modelbuild.ml.program import INFO_FILE, ProgramInfo, load_program
+        from modelbuild.ml.program import INFO_FILE, ProgramInfo, load_program, register_ops
 
         p = ctx.params
         backend = registry().get(p.backend)
@@ -106,6 +106,7 @@ class LowerStep(Step):
             ep, info, _ = load_program(program.path)
         else:
             ep, info, _ = ctx.input_value("program", load_program)  # in memory when fused
+            register_ops(info)  # what loading registers (out-variants), also when handed over
         metadata = default_metadata(info)
         try:
             result = lower_program(ep, LowerOptions(p.backend, own), ctx.out / "model.pte",

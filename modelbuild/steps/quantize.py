@@ -39,12 +39,7 @@ class QuantizeStep(Step):
     version = 1
     description = "Quantize an exported program (torchao 8da4w/8da8w/4w/8w, 4/8-bit embeddings, pt2e)"
     inputs = {"program": Input(kinds=("exported-program",), doc="the exported program to quantize", in_memory=True)}
-    # Not handed over in memory: after the rest of the test suite in the same process,
-    # lowering the quantized program as quantize leaves it gave another .pte than lowering
-    # it loaded from program.pt2 (tests/test_fused_tiny.py; alone it is the same), so lower
-    # loads the file until the leaking state is found. export -> quantize and
-    # export -> lower stay fused.
-    keeps_value = False
+    keeps_value = True  # (ep, info, example) for lower in a fused session (tests/test_fused_tiny.py)
     output = "exported-program"
     toolchain = ("torch", "executorch", "torchao")
 
@@ -88,11 +83,12 @@ class QuantizeStep(Step):
             )
 
     def run(self, ctx: StepContext) -> None:
-        from modelbuild.ml.program import ProgramInfo, load_program, save_program
+        from modelbuild.ml.program import ProgramInfo, load_program, register_ops, save_program
         from modelbuild.ml.quantize import SchemeError, quantize_program, scheme_from_params
 
         program = ctx.inputs["program"]
         ep, info, example = ctx.input_value("program", load_program)  # in memory when fused
+        register_ops(info)  # what loading registers, also when the program was handed over
         scheme = scheme_from_params(ctx.params)
         if ctx.params.pt2e != "none" and info.quantization:
             raise StepError(

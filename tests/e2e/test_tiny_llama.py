@@ -1,5 +1,10 @@
 """The README's main job, end to end: the default target builds, is incremental,
-and a quantization tweak reruns only what it touches."""
+a quantization tweak reruns only what it touches, and it rebuilds bit for bit
+and releases the same archive from two caches.
+
+One file, so that pytest-xdist (``--dist loadfile``) runs every test sharing
+the session's tiny-llama build (tests/e2e/conftest.py) in the same worker.
+"""
 
 from __future__ import annotations
 
@@ -47,3 +52,25 @@ def test_plan_after_build_is_all_hits(tiny_llama):
 
     result = plan(["tiny-llama"], project=REPO, cache_dir=tiny_llama.cache)
     assert [r.decision for r in result.rows] == ["hit"] * 4
+
+
+def test_tiny_llama_rebuilds_identically_and_releases_the_same_archive(tiny_llama, tmp_path):
+    """Reuses the session's build; the only extra work is one rebuild of the
+    chain in a second cache, which `verify --rebuild` keeps so the second
+    release comes from a cache that never saw the first."""
+    from modelbuild.api import release, release_verify, verify
+
+    from .conftest import REPO
+
+    second = tmp_path / "second"
+    report = verify("tiny-llama", rebuild=True, project=REPO, cache_dir=tiny_llama.cache, out_dir=tiny_llama.out,
+                    jobs=2, scratch=second)
+    assert report.ok, [d.line() for d in report.differences]
+    assert set(report.targets) >= {"tiny-llama-ckpt", "tiny-llama-export", "tiny-llama-pte", "tiny-llama"}
+
+    common = dict(project=REPO, jobs=2, check_rebuild=False)
+    a = release(["tiny-llama"], cache_dir=tiny_llama.cache, out_dir=tiny_llama.out, output=tmp_path / "a", **common)
+    b = release(["tiny-llama"], cache_dir=second / "cache", out_dir=second / "out", output=tmp_path / "b", **common)
+    assert a.bundle.archive_sha256 == b.bundle.archive_sha256
+    assert "tiny-llama/model.pte" in a.bundle.manifest["files"]
+    assert release_verify(a.bundle.directory).ok

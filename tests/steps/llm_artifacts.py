@@ -3,6 +3,10 @@
 Each builder is memoized, so test files that import this module share the
 work: one synthetic tiny llama3_2 checkpoint, one export (fp32, KV cache,
 custom SDPA, dynamic shapes), and the lowered programs derived from it.
+Under pytest-xdist the workers of one run share them too: they live in the
+directory tests/conftest.py names in ``MODELBUILD_TEST_SHARED``, and each is
+built by the first worker that needs it, under a file lock, while the others
+wait for it.
 
 Everything here imports torch (inside the builders), so the tests that use
 these artifacts carry the ``ml`` marker; tests/ml_guard.py fails them if not.
@@ -12,19 +16,39 @@ An import error of our own code is a failure, never a skip.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
+import os
 import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 from modelbuild.testing import as_artifact, run_step
 
 MAX_SEQ_LEN = 64
 SEED = 0
 
-_ROOT = Path(tempfile.mkdtemp(prefix="modelbuild-llm-artifacts-"))
-atexit.register(shutil.rmtree, _ROOT, True)
+if os.environ.get("MODELBUILD_TEST_SHARED"):
+    _ROOT = Path(os.environ["MODELBUILD_TEST_SHARED"]) / "llm-artifacts"  # removed by the controller at the end
+    _ROOT.mkdir(parents=True, exist_ok=True)
+else:
+    _ROOT = Path(tempfile.mkdtemp(prefix="modelbuild-llm-artifacts-"))
+    atexit.register(shutil.rmtree, _ROOT, True)
+
+
+def _once(name: str, build: Callable[[Path], None]) -> Path:
+    """``_ROOT / name``, built by ``build`` unless another process of this run already did."""
+    out = _ROOT / name
+    with open(_ROOT / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = _ROOT / f"{name}.done"
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)  # a half-built one from a worker that failed
+            build(out)
+            done.touch()
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -32,10 +56,11 @@ def tiny_checkpoint() -> Path:
     """A synthetic llama3_2 'tiny' HF checkpoint plus checkpoint.json."""
     from modelbuild.ml.llm.synthetic import write_synthetic_checkpoint
 
-    out = _ROOT / "ckpt"
-    fields = write_synthetic_checkpoint(out, "llama3_2", "tiny", SEED)
-    (out / "checkpoint.json").write_text(json.dumps({**fields, "source": "synthetic"}, sort_keys=True))
-    return out
+    def build(out: Path) -> None:
+        fields = write_synthetic_checkpoint(out, "llama3_2", "tiny", SEED)
+        (out / "checkpoint.json").write_text(json.dumps({**fields, "source": "synthetic"}, sort_keys=True))
+
+    return _once("ckpt", build)
 
 
 @lru_cache(maxsize=None)
@@ -43,7 +68,6 @@ def tiny_export(use_sdpa_with_kv_cache: bool = True, enable_dynamic_shape: bool 
     """The tiny model exported like ``export_llm -kv --use_sdpa_with_kv_cache``."""
     ckpt = tiny_checkpoint()
     name = f"export-kv{int(use_kv_cache)}-sdpa{int(use_sdpa_with_kv_cache)}-dyn{int(enable_dynamic_shape)}"
-    out = _ROOT / name
     params = {
         "dtype": "fp32",
         "max_seq_len": MAX_SEQ_LEN,
@@ -53,8 +77,7 @@ def tiny_export(use_sdpa_with_kv_cache: bool = True, enable_dynamic_shape: bool 
     }
     from modelbuild.steps.export import ExportStep
 
-    run_step(ExportStep, params, {"checkpoint": as_artifact(ckpt, "checkpoint", "tiny-llama-ckpt")}, out)
-    return out
+    return _once(name, lambda out: run_step(ExportStep, params, {"checkpoint": as_artifact(ckpt, "checkpoint", "tiny-llama-ckpt")}, out))
 
 
 def program_artifact(path: Path, target: str = "tiny-llama-export"):
@@ -68,10 +91,9 @@ def program_artifact(path: Path, target: str = "tiny-llama-export"):
 def quantized(linear: str = "8da4w", group_size: int = 32, embedding_bits: int = 0) -> Path:
     from modelbuild.steps.quantize import QuantizeStep
 
-    out = _ROOT / f"q-{linear}-g{group_size}-e{embedding_bits}"
     params = {"linear": linear, "group_size": group_size, "embedding_bits": embedding_bits}
-    run_step(QuantizeStep, params, {"program": program_artifact(tiny_export())}, out)
-    return out
+    return _once(f"q-{linear}-g{group_size}-e{embedding_bits}",
+                 lambda out: run_step(QuantizeStep, params, {"program": program_artifact(tiny_export())}, out))
 
 
 @lru_cache(maxsize=None)
@@ -79,9 +101,18 @@ def lowered(program: Path, backend: str = "xnnpack", tag: str = "a", **params) -
     """Lower ``program`` (an exported-program dir) into a fresh pte artifact dir."""
     from modelbuild.steps.lower import LowerStep
 
-    out = _ROOT / f"pte-{program.name}-{backend}-{tag}"
-    run_step(LowerStep, {"backend": backend, **params}, {"program": program_artifact(program)}, out)
-    return out
+    return _once(lowered_name(program, backend, tag, params),
+                 lambda out: run_step(LowerStep, {"backend": backend, **params}, {"program": program_artifact(program)}, out))
+
+
+def lowered_name(program: Path, backend: str, tag: str, params: dict) -> str:
+    """The directory of ``lowered(program, backend, tag, **params)``: every argument is in it.
+
+    Without the options in it, ``lowered(q, "xnnpack", xnnpack_ops="quantized_linears")``
+    overwrote ``lowered(q, "xnnpack")`` in place (or, built once, stood in for it), and a
+    later test reading the default one read another .pte (tests/test_fused_tiny.py).
+    """
+    return f"pte-{program.name}-{backend}-{tag}" + "".join(f"-{k}={params[k]}" for k in sorted(params))
 
 
 def printable_tokenizer(src: Path, dst: Path) -> Path:

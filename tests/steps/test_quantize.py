@@ -126,7 +126,8 @@ def test_embedding_scheme_on_program_without_embedding_is_a_step_error(mlp_progr
 @pytest.mark.ml
 @pytest.mark.parametrize(
     "scheme",
-    # coremltools' quantizer takes ~45 s to import and run here.
+    # ~100 s on 2 cores whatever the model: ExecuTorch's Core ML quantizer
+    # torch.exports each of its ~400 match patterns (conv/bn/add/...) in annotate().
     ["xnnpack_dynamic", "xnnpack_dynamic_qc4", pytest.param("coreml_8a_c8w", marks=pytest.mark.slow)],
 )
 def test_pt2e_quantizers(mlp_program, tmp_path, scheme):

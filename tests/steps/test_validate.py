@@ -60,14 +60,40 @@ def test_tiny_pte_passes_its_validation(llm):
     assert s["max_abs_error"] < 1e-3
     assert abs(s["perplexity_ratio"] - 1.0) < 1e-3
     assert s["size_mb"] == pytest.approx((llm / "pte" / "model.pte").stat().st_size / 1e6)
-    assert s["decode_tokens_per_s"] > 0 and s["prefill_tokens_per_s"] > 0 and s["peak_rss_mb"] > 0
+    # Timings and memory are measured, in timings.json (not reproducible, so not in measurements.json).
+    t = json.loads((out / "timings.json").read_text())
+    assert t["summary"]["decode_tokens_per_s"] > 0 and t["summary"]["prefill_tokens_per_s"] > 0
+    assert t["summary"]["peak_rss_mb"] > 0 and not {"decode_tokens_per_s", "peak_rss_mb", "load_time_s"} & set(s)
     # TextLLMRunner generated, and read the prompts as the reference's tokenizer did.
-    assert m["timing_source"] == "TextLLMRunner"
+    assert t["timing_source"] == "TextLLMRunner" and t["runner"]["decode_ms"] >= 0
     assert m["runner"]["prompt_tokens_match"] == [True, True]
     assert all(n >= 1 for n in m["runner"]["generated_tokens"])
     v = _judge(out, **GATES)
     assert v.ok and v.status == "pass", v.reason
     assert {c["expectation"] for c in v.figures["checks"]} == set(GATES)
+    # Expectations on timings still judge them (read from timings.json), and the verdict says which they are.
+    slow = _judge(out, min_decode_tokens_per_s=1e9)
+    assert not slow.ok and slow.reason.startswith("decode_tokens_per_s ")
+    assert "decode_tokens_per_s" in slow.figures["timing_figures"] and "cosine" not in slow.figures["timing_figures"]
+
+
+def test_a_rerun_writes_the_same_report_bytes_but_for_timings(llm, tmp_path):
+    """The validation report rebuilds byte for byte, even with another thread count: only
+    timings.json, the file the step declares a measurement, may differ."""
+    from modelbuild.reproduce import measurement_files
+
+    first = _validate(llm, "pte", "pte")  # jobs=2
+    again = tmp_path / "again"
+    run_step(ValidateStep, {}, {"artifact": as_artifact(llm / "pte", "pte", target="pte"),
+                                "reference": as_artifact(llm / "ref", "reference", target="ref")}, again, jobs=1)
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in again.iterdir())
+    assert measurement_files(ValidateStep()) == ("timings.json",) and "timings.json" in names
+    differ = [n for n in names if (first / n).read_bytes() != (again / n).read_bytes()]
+    assert set(differ) <= {"timings.json"}, differ
+    for name in ("measurements.json", "report.json"):
+        assert "decode_tokens_per_s" not in json.loads((first / name).read_text())["summary"], name
+    assert "tok/s" not in (first / "report.md").read_text() and "timings.json" in (first / "report.md").read_text()
 
 
 def test_exported_program_stage_passes_too(llm):
@@ -198,7 +224,8 @@ def test_generic_module_pte_passes_and_a_perturbed_one_fails(module_case):
     v = _judge(bad, **gates)
     assert not v.ok and "> max_abs_error 0.0001" in v.reason and "< min_cosine 0.9999" in v.reason
     m = json.loads((good / "measurements.json").read_text())
-    assert m["kind"] == "module" and len(m["runs"]) == 3 and m["summary"]["latency_ms"] > 0
+    assert m["kind"] == "module" and len(m["runs"]) == 3
+    assert json.loads((good / "timings.json").read_text())["summary"]["latency_ms"] > 0
     # An LLM-only expectation on a module is a failure that says why.
     v = _judge(good, min_token_agreement=0.9)
     assert not v.ok and "token_agreement not measured" in v.reason

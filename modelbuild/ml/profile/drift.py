@@ -56,6 +56,8 @@ def _compare(aot, runtime) -> tuple[float | None, float | None]:
     """(cosine, max abs error) of two outputs (the worst over their tensors); None where shapes differ."""
     import torch
 
+    from modelbuild.ml.validation.metrics import cosine
+
     a_list, r_list = _tensors(aot), _tensors(runtime)
     if not a_list or len(a_list) != len(r_list):
         return None, None
@@ -69,13 +71,8 @@ def _compare(aot, runtime) -> tuple[float | None, float | None]:
             continue
         a64, r64 = a.detach().reshape(-1).double(), r.detach().reshape(-1).double()
         err = float((a64 - r64).abs().max()) if a64.numel() else 0.0
-        na, nr = float(a64.norm()), float(r64.norm())
-        if na == 0.0 and nr == 0.0:
-            cos = 1.0
-        elif na == 0.0 or nr == 0.0:
-            cos = 0.0
-        else:
-            cos = float(torch.dot(a64, r64)) / (na * nr)
+        # Not torch.dot: its sum depends on the thread count, and the report must rebuild identically.
+        cos = cosine(a64.numpy(), r64.numpy())
         if math.isnan(cos) or math.isnan(err):
             return float("nan"), float("nan")
         worst_cos, worst_err = min(worst_cos, cos), max(worst_err, err)

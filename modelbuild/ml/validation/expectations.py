@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["Expectation", "EXPECTATIONS", "PARAM_NAMES", "judge_summary", "fmt"]
+__all__ = ["Expectation", "EXPECTATIONS", "PARAM_NAMES", "TIMING_FIGURES", "judge_summary", "fmt"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,11 @@ EXPECTATIONS: tuple[Expectation, ...] = (
 )
 
 PARAM_NAMES = frozenset(e.param for e in EXPECTATIONS)
+
+#: Figures of this run on this machine (clocks, memory): they change from run to run, so the
+#: validate step writes them to ``timings.json``, which rebuild checks leave out of the compared
+#: bytes, and releases keep outside the archive. Every other figure is reproducible.
+TIMING_FIGURES = ("load_time_s", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_mb", "latency_ms")
 
 
 def fmt(value: Any) -> str:

@@ -11,7 +11,10 @@ The result is the content of ``measurements.json`` (format 1)::
      "runs": [{"name", ...figures}], "runner": {TextLLMRunner stats} | null}
 
 Per-position series (for the plot) go to ``positions.json``. Accuracy figures
-are deterministic for a given artifact; timings and memory are not.
+are deterministic for a given artifact, bit for bit (:mod:`.metrics`); timings
+and memory are not: :func:`.report.write_reports` moves them (the summary's
+:data:`.expectations.TIMING_FIGURES`, the runner's clock readings and
+``timing_source``) to ``timings.json``.
 """
 
 from __future__ import annotations

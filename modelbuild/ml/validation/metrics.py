@@ -17,18 +17,39 @@ import math
 
 import numpy as np
 
-__all__ = ["compare_arrays", "compare_logits", "token_agreement", "nll_per_token", "perplexity"]
+__all__ = ["cosine", "compare_arrays", "compare_logits", "token_agreement", "nll_per_token", "perplexity"]
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.astype(np.float64).ravel()
-    b = b.astype(np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+#: Elements per partial sum in :func:`_dot`: bounds its scratch memory (8 MB of float64).
+_BLOCK = 1 << 20
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """The sum of ``a * b`` (1-D float64), the same bits whatever the thread count.
+
+    ``np.dot`` hands float64 vectors to BLAS, whose ``ddot`` splits a long
+    vector among its threads (OpenBLAS: above 10,000 elements) and so adds in
+    an order that depends on how many it has: the last digits of a cosine
+    changed with the share of cores the engine gave the step, and a rebuilt
+    validation report differed. numpy's own reduction (single-threaded
+    pairwise summation) over fixed blocks, added exactly by ``math.fsum``, does not.
+    """
+    return math.fsum(float(np.add.reduce(a[i:i + _BLOCK] * b[i:i + _BLOCK])) for i in range(0, a.size, _BLOCK))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays (flattened, in float64): 1.0 when both are zero, 0.0 when one is.
+
+    The same bits whatever the thread count (:func:`_dot`), so a rebuilt report is identical.
+    """
+    a = a.astype(np.float64, copy=False).ravel()
+    b = b.astype(np.float64, copy=False).ravel()
+    na, nb = math.sqrt(_dot(a, a)), math.sqrt(_dot(b, b))
     if na == 0.0 and nb == 0.0:
         return 1.0
     if na == 0.0 or nb == 0.0:
         return 0.0
-    return float(np.dot(a, b) / (na * nb))
+    return _dot(a, b) / (na * nb)
 
 
 def compare_arrays(ref: np.ndarray, got: np.ndarray) -> dict:
@@ -42,7 +63,7 @@ def compare_arrays(ref: np.ndarray, got: np.ndarray) -> dict:
     return {
         "max_abs_error": float(diff.max()) if diff.size else 0.0,
         "mean_abs_error": float(diff.mean()) if diff.size else 0.0,
-        "cosine": _cosine(ref, got) if finite else 0.0,
+        "cosine": cosine(ref, got) if finite else 0.0,
         "finite": finite,
     }
 
@@ -62,7 +83,7 @@ def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict:
     figures["positions"] = int(ref.shape[0])
     figures["per_position"] = {
         "max_abs_error": [float(x) for x in np.abs(ref - got).max(axis=-1)],
-        "cosine": [_cosine(r, g) for r, g in zip(ref, got)],
+        "cosine": [cosine(r, g) for r, g in zip(ref, got)],
         "top1_match": [bool(x) for x in top1],
     }
     return figures

@@ -5,12 +5,17 @@ without numpy or torch.
 
 In the artifact (measured once, cached):
 
-- ``measurements.json``: the figures (see :mod:`.measure`)
+- ``measurements.json``: the reproducible figures (see :mod:`.measure`)
 - ``report.json``: the same figures plus versions and what was compared
   (no thresholds and no pass/fail: those change without rerunning)
 - ``report.md`` + ``errors.png``: the human-readable measurement report
 - ``report.html``: the same as one self-contained page (the variants report of
   :mod:`modelbuild.report_html` with this one variant), deterministic bytes
+- ``timings.json``: what this run measured of this machine (load time,
+  speeds, peak memory; :data:`.expectations.TIMING_FIGURES`). Kept apart so
+  that the files above rebuild byte for byte: the step declares it a
+  measurement file (``ValidateStep.measurement_files``), which ``verify
+  --rebuild`` and ``release`` report as "not compared" instead of a difference.
 
 Beside it, written by whoever judges (the engine's build report):
 :func:`render_verdict_report` turns a verdict into markdown.
@@ -25,11 +30,17 @@ from typing import Any, Mapping
 from modelbuild.compare import compare_reports
 from modelbuild.step import write_json
 
-from .expectations import EXPECTATIONS, fmt
+from .expectations import EXPECTATIONS, TIMING_FIGURES, fmt
 
-__all__ = ["write_reports", "render_measurements_md", "render_verdict_report", "load_measurements"]
+__all__ = ["write_reports", "render_measurements_md", "render_verdict_report", "load_measurements",
+           "load_timings", "split_timings", "TIMINGS_FILE"]
 
 REPORT_VERSION = 1
+#: The measurement file of the validate step's output (machine- and run-dependent figures).
+TIMINGS_FILE = "timings.json"
+TIMINGS_VERSION = 1
+#: Keys of the TextLLMRunner stats that are clock readings (the token counts are reproducible).
+_RUNNER_TIMINGS = ("prefill_ms", "decode_ms", "load_ms", "prefill_tokens_per_s", "decode_tokens_per_s")
 
 _LLM_ROWS = [
     ("cosine", "cosine similarity (worst run)"), ("top1_agreement", "top-1 agreement"),
@@ -45,6 +56,42 @@ _LLM_ROWS = [
 def load_measurements(path: Path) -> dict:
     """measurements.json of a measurements artifact directory."""
     return json.loads((Path(path) / "measurements.json").read_text())
+
+
+def load_timings(path: Path) -> dict | None:
+    """timings.json of a measurements artifact directory; None if absent or unreadable
+    (artifacts measured before timings were split off keep them in measurements.json)."""
+    try:
+        data = json.loads((Path(path) / TIMINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def split_timings(m: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(reproducible measurements, timings) of what :mod:`.measure` returned.
+
+    The timing figures of the summary, the TextLLMRunner's clock readings and
+    ``timing_source`` move to the timings; everything else (accuracy, size,
+    token counts) stays. Accuracy figures come out bit-identical from run to
+    run (:mod:`.metrics` reduces without BLAS threads), so nothing is rounded.
+    """
+    kept = {k: v for k, v in m.items() if k != "timing_source"}
+    summary = dict(m.get("summary") or {})
+    timings: dict[str, Any] = {
+        "format_version": TIMINGS_VERSION,
+        "note": "Measured on this machine in this run: not reproducible, so kept apart from the "
+                "other files (rebuild checks report this file as not compared).",
+        "summary": {k: summary.pop(k) for k in TIMING_FIGURES if k in summary},
+        "timing_source": m.get("timing_source"),
+        "runner": None,
+    }
+    kept["summary"] = summary
+    runner = m.get("runner")
+    if isinstance(runner, Mapping):
+        kept["runner"] = {k: v for k, v in runner.items() if k not in _RUNNER_TIMINGS}
+        timings["runner"] = {k: runner[k] for k in _RUNNER_TIMINGS if k in runner}
+    return kept, timings
 
 
 def render_measurements_md(m: Mapping[str, Any], title: str, plot: str | None) -> str:
@@ -68,9 +115,10 @@ def render_measurements_md(m: Mapping[str, Any], title: str, plot: str | None) -
                      f"{fmt(r.get('token_agreement'))} | {fmt(r.get('first_divergence'))} |")
     if m.get("runner"):
         rn = m["runner"]
-        lines += ["", f"TextLLMRunner: prompt tokens {rn['prompt_tokens']}, generated {rn['generated_tokens']}, "
-                  f"prefill {fmt(rn['prefill_tokens_per_s'])} tok/s, decode {fmt(rn['decode_tokens_per_s'])} tok/s "
-                  "(millisecond clock)."]
+        lines += ["", f"TextLLMRunner: prompt tokens {rn['prompt_tokens']}, generated {rn['generated_tokens']}."]
+    lines += ["", f"Timings and memory of the run (load time, speeds, peak RSS) are in `{TIMINGS_FILE}`: "
+              "they depend on the machine and the run, so this report leaves them out and stays "
+              "byte-identical when rebuilt."]
     if plot:
         lines += ["", f"![error per position]({plot})"]
     versions = m.get("versions", {})
@@ -80,14 +128,17 @@ def render_measurements_md(m: Mapping[str, Any], title: str, plot: str | None) -
 
 
 def write_reports(out: Path, m: dict, title: str, plot: str | None, target: str | None = None) -> None:
-    """Write measurements.json, report.json, report.md and report.html into ``out``.
+    """Write measurements.json, report.json, report.md, report.html and timings.json into ``out``.
 
+    ``m`` is what :mod:`.measure` returned; its timings go to timings.json
+    only (:func:`split_timings`), so the other files are reproducible.
     ``target`` names the variant on the page (default: the artifact's target,
     which, like the title, is already in report.json; the validate step keeps
     that default so its output does not depend on its own target name, which
     is not in the action key). ``plot``, when given, must already be written
     (it is inlined in the page).
     """
+    m, timings = split_timings(m)
     write_json(out / "measurements.json", m)
     report = {
         "report_version": REPORT_VERSION,
@@ -105,8 +156,9 @@ def write_reports(out: Path, m: dict, title: str, plot: str | None, target: str 
     write_json(out / "report.json", report)
     (out / "report.md").write_text(render_measurements_md(m, title, plot))
     name = target or m["artifact"].get("target") or title
-    page = compare_reports({name: out / "report.json"}).html(title=f"Validation: {title}")
+    page = compare_reports({name: out / "report.json"}, timings=False).html(title=f"Validation: {title}")
     (out / "report.html").write_text(page, encoding="utf-8")
+    write_json(out / TIMINGS_FILE, timings)
 
 
 def render_verdict_report(measurements_dir: Path, verdict) -> str:
@@ -132,4 +184,12 @@ def render_verdict_report(measurements_dir: Path, verdict) -> str:
         lines.append("No expectations set: the measurements are recorded, nothing is gated.")
     lines += ["", render_measurements_md(m, m.get("title", str(measurements_dir.name)), "errors.png"
                                          if (Path(measurements_dir) / "errors.png").exists() else None)]
+    timings = load_timings(measurements_dir)
+    if timings and timings.get("summary"):
+        lines += ["## Timings of this run (not reproducible)", "",
+                  f"From `{TIMINGS_FILE}` ({timings.get('timing_source') or 'timed'}): they depend on the machine "
+                  "and its load.", "", "| figure | value |", "|---|---|"]
+        labels = dict(_LLM_ROWS)
+        lines += [f"| {labels.get(k, k)} | {fmt(v)} |" for k, v in timings["summary"].items()]
+        lines.append("")
     return "\n".join(lines)
