@@ -18,9 +18,9 @@ Example::
 
 from __future__ import annotations
 
-import importlib
-import os
 from pathlib import Path
+
+from tests.plugin_site import install_plugin
 
 __all__ = ["install_fused_steps", "CHAIN", "log_of"]
 
@@ -98,16 +98,7 @@ outs = ["e.txt"]
 
 def install_fused_steps(tmp_path: Path, monkeypatch) -> Path:
     """Write the plugin module and its dist-info under ``tmp_path`` and put it on the path."""
-    folder = tmp_path / "fused-plugin-site"
-    dist = folder / "mb_fused_steps-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (folder / f"{MODULE}.py").write_text(SOURCE)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mb-fused-steps\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[modelbuild.steps]\nfz-append = mb_fused_steps:Append\n")
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p))
-    importlib.invalidate_caches()
-    return folder
+    return install_plugin(tmp_path, monkeypatch, module=MODULE, source=SOURCE, steps={'fz-append': 'Append'})
 
 
 def log_of(result, target: str) -> str:

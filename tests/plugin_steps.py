@@ -14,9 +14,9 @@ Example::
 
 from __future__ import annotations
 
-import importlib
-import os
 from pathlib import Path
+
+from tests.plugin_site import install_plugin
 
 __all__ = ["install_test_steps"]
 
@@ -50,15 +50,4 @@ class LateMac(Step):
 
 def install_test_steps(tmp_path: Path, monkeypatch) -> Path:
     """Write the plugin module and its dist-info under ``tmp_path`` and put it on the path."""
-    folder = tmp_path / "plugin-site"
-    dist = folder / "mb_plugin_steps-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (folder / f"{MODULE}.py").write_text(SOURCE)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mb-plugin-steps\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[modelbuild.steps]\nmaconly = mb_plugin_steps:MacOnly\nlatemac = mb_plugin_steps:LateMac\n"
-    )
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p))
-    importlib.invalidate_caches()
-    return folder
+    return install_plugin(tmp_path, monkeypatch, module=MODULE, source=SOURCE, steps={'maconly': 'MacOnly', 'latemac': 'LateMac'})
