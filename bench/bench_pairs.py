@@ -454,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[tool] = run_tool(tool, config, paths, work, f"{config}-{i}-{tool}", args.max_seq_len, env, args.cgroup)
                 print(run_line(i, runs[tool]), flush=True)
             pairs.append((runs["modelbuild"], runs["export_llm"]))
-        lines = summary(f"{config} ({size})", pairs, args.threads)
-        print("\n".join(lines), flush=True)
+            lines = summary(f"{config} ({size})", pairs, args.threads)
+            print("\n".join(lines), flush=True)  # after every pair: a series cut short still has its summary
         report += lines
         everything[config] = [[asdict(mb), asdict(et)] for mb, et in pairs]
     if args.json:
