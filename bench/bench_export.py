@@ -1,37 +1,45 @@
-"""Benchmark: modelbuild vs ExecuTorch's ``export_llm`` on the same synthetic checkpoint.
+"""Benchmark: the 4-variant matrix, modelbuild against ``export_llm`` at equal parallelism.
 
-The like-for-like comparison (interleaved pairs, equal ``OMP_NUM_THREADS``,
-CPU-seconds, peak memory measured the same way for both tools, a structural
-comparison of the ``.pte`` files) is ``bench_pairs.py``; this script's
-figures in docs/benchmarks.md are kept under "earlier sessions". Its
-checkpoint writing and ``export_llm`` command lines are reused there.
+The variants are {XNNPACK, Core ML} x {fp32, 4-bit} on the SmolLM2-135M shape
+(``llm_inputs.MATRIX``: XNNPACK 8da4w in groups of 32 with ``-X
+--xnnpack-extended-ops``; Core ML ``b4w``, int4 blocks of 32 at conversion,
+from an export with export_llm's Core ML source transforms). modelbuild builds
+all of them in one build (fetch shared, one export per backend, independent
+steps side by side); ``export_llm`` runs once per variant. Four rows, each a
+cold run measured as ``bench_pairs.measure`` measures it (wall, CPU-seconds of
+the whole process tree, the largest process peak and the sampled tree sum,
+load average before and after):
 
-Two comparisons, each the median of ``--runs`` runs, wall time and peak RSS
-(the sum over the whole process tree, sampled every 50 ms; a vfork child
-that has not exec'd yet is not counted again, its pages are its parent's: see
-``tree_rss``; the plain sum is printed too, as "raw sum"):
+- ``mb -jN``:   ``modelbuild build <variants> -j N`` (N = ``--jobs``, default the core count);
+- ``et parN``:  the ``export_llm`` runs N at a time (a small launcher process runs
+  them, in MATRIX order, starting the next as one ends), i.e. the same parallelism;
+- ``mb -j1``:   ``modelbuild build <variants> -j 1``;
+- ``et seq``:   the ``export_llm`` runs one after another.
 
-1. single: one config (synthetic SmolLM2-135M shape, fp32, KV cache, custom
-   SDPA, dynamic shape, XNNPACK) through ``modelbuild build`` on a temporary
-   project with a cold cache, versus ``python -m
-   executorch.extension.llm.export.export_llm`` with the equivalent config.
-2. matrix: {xnnpack, coreml} x {fp32, 4-bit weights} (XNNPACK: 8da4w group
-   32; Core ML: b4w, int4 blocks of 32 at conversion) as one modelbuild build
-   of four targets (fetch and export shared, independent steps in parallel)
-   versus four separate ``export_llm`` runs.
+``OMP_NUM_THREADS`` is set explicitly and equally: ``--threads // N`` for
+every process of the two parallel rows (modelbuild's own per-step share is
+then overridden, as a user's setting always is), ``--threads`` for the two
+sequential rows. Rounds are interleaved: even rounds run the rows in the
+order above, odd rounds in the reverse order, so each compared pair is
+adjacent and alternates A B, B A. Per round the ratios ``mb -jN / et parN``
+(the issue's target, at most 0.6), ``mb -jN / et seq`` and ``mb -j1 / et seq``;
+over the rounds their median, min and max.
 
-The checkpoint is written once, before any timing: an HF-layout synthetic
-checkpoint for modelbuild (a project-local ``source``), and the same weights
-in Meta layout (``consolidated.00.pth`` + ``params.json``) for export_llm,
-which takes only that layout (users run a convert_weights script first; that
-conversion is not timed, while modelbuild's conversion inside export is).
+After the first round every variant's two ``.pte`` files are compared
+structurally (``bench_pairs.compare_structures``: instructions, delegate calls,
+operators, memory plan; for Core ML also what is inside the delegate: the
+compile specs and the Core ML program's operations by type). A Core ML
+variant whose two programs are not the same is left out: the series then
+starts again on the variants that are (the first round is printed, not
+counted). ``--variants`` picks fewer variants (the Core ML check still applies).
 
 Usage::
 
-    nice -n 5 .venv/bin/python bench/bench_export.py --runs 3
-    .venv/bin/python bench/bench_export.py --only single --runs 1 --size tiny   # smoke test
+    .venv/bin/python bench/bench_export.py --pairs 3 --workdir /tmp/matrix135
+    .venv/bin/python bench/bench_export.py --size tiny --pairs 1 --workdir /tmp/matrix-tiny   # smoke test
 
-It takes many minutes on 2 cores at the 135m size.
+A 135M round takes about an hour on 2 cores; run it on an idle machine (the
+load averages printed with every run say whether it was).
 """
 
 from __future__ import annotations
@@ -43,298 +51,291 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import textwrap
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
+import llm_inputs  # noqa: E402
+from bench_pairs import (  # noqa: E402
+    Run,
+    compare_structures,
+    measure,
+    prepare,
+    ratio_lines,
+    read_structures,
+    run_line,
+    steps_of,
+)
+from llm_inputs import MATRIX, PY, ROOT  # noqa: E402
 
-MATRIX = ("xnnpack-fp32", "xnnpack-8da4w", "coreml-fp32", "coreml-b4w")
+#: Runs ``spec["runs"]`` ([cmd, cwd, log] each) ``spec["jobs"]`` at a time; per-run wall and exit code to ``spec["result"]``.
+LAUNCHER = """
+import json, subprocess, sys, time
+spec = json.loads(sys.argv[1])
+pending, running, done = list(spec["runs"]), {}, {}
+while pending or running:
+    while pending and len(running) < spec["jobs"]:
+        cmd, cwd, log = pending.pop(0)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        running[proc] = (log, time.perf_counter())
+    time.sleep(0.1)
+    for proc in [p for p in running if p.poll() is not None]:
+        log, start = running.pop(proc)
+        done[log] = {"wall_s": time.perf_counter() - start, "exit": proc.returncode}
+json.dump(done, open(spec["result"], "w"))
+sys.exit(1 if any(r["exit"] for r in done.values()) else 0)
+"""
 
+#: What is inside each Core ML delegate of a .pte: compile specs and the Core ML program's operations by type.
+COREML_INSIDE = """
+import json, sys, tempfile
+from collections import Counter
+from pathlib import Path
+import coremltools as ct
+from executorch.backends.apple.coreml import executorchcoreml
+from executorch.exir._serialize._program import _get_extended_header
+from executorch.exir._serialize._flatbuffer_program import _flatbuffer_to_program
+from executorch.exir.schema import DataLocation
 
-@dataclass
-class Run:
-    wall_s: float
-    peak_rss_mb: float
-    ok: bool
-    detail: str = ""
-    #: The plain sum of RSS over the tree, counting un-exec'd forks again (see tree_rss).
-    raw_peak_rss_mb: float = 0.0
+def count(block, ops):
+    for op in block.operations:
+        ops[op.type] += 1
+        for inner in op.blocks:
+            count(inner, ops)
 
+def inside(path):
+    data = Path(path).read_bytes()
+    header = _get_extended_header(data[:64])
+    program = _flatbuffer_to_program(data[:header.program_size] if header else data)
+    found = []
+    for plan in program.execution_plan:
+        for d in plan.delegates:
+            if d.id != "CoreMLBackend":
+                continue
+            p = d.processed
+            if p.location == DataLocation.INLINE:
+                payload = bytes(program.backend_delegate_data[p.index].data)
+            else:
+                seg = program.segments[p.index]
+                payload = data[header.segment_base_offset + seg.offset:][:seg.size]
+            with tempfile.TemporaryDirectory() as tmp:
+                executorchcoreml.unflatten_directory_contents(payload, tmp)
+                spec = ct.utils.load_spec(str(next(Path(tmp).rglob("model.mlpackage"))))
+            ops = Counter()
+            for fn in spec.mlProgram.functions.values():
+                for block in fn.block_specializations.values():
+                    count(block, ops)
+            found.append({"compile_specs": {c.key: bytes(c.value).decode("utf-8", "replace") for c in d.compile_specs},
+                          "spec_version": spec.specificationVersion,
+                          "inputs": [i.name for i in spec.description.input],
+                          "outputs": [o.name for o in spec.description.output],
+                          "ops": dict(sorted(ops.items())), "payload_bytes": len(payload)})
+    return found
 
-def _stat(pid: int) -> tuple[int, int, int] | None:
-    """``(ppid, vsize, rss bytes)`` of ``pid`` from one read of ``/proc/<pid>/stat``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-    except OSError:
-        return None
-    return int(fields[1]), int(fields[20]), int(fields[21]) * PAGE
-
-
-def tree_rss(root) -> tuple[int, int]:
-    """``(rss, raw)`` of ``root``'s process tree, in bytes.
-
-    ``raw`` sums every process's RSS. ``rss`` leaves out a child whose virtual
-    size and RSS both equal its parent's: a vfork child that has not exec'd
-    yet. Python's subprocess starts programs with vfork, so until exec the
-    child shares its parent's address space and reports the parent's whole
-    RSS; counting it would count the same pages twice. ExecuTorch starts
-    ``flatc`` this way once per XNNPACK partition, from a process holding
-    gigabytes. A plain ``fork`` child (copied page tables) differs by a few
-    pages and is still counted, so the figure errs high, never low.
-    """
-    import psutil
-
-    try:
-        pids = [root.pid, *(p.pid for p in root.children(recursive=True))]
-    except psutil.NoSuchProcess:
-        return 0, 0
-    stats = {pid: st for pid in pids if (st := _stat(pid)) is not None}
-    rss = raw = 0
-    for ppid, vsize, size in stats.values():
-        raw += size
-        parent = stats.get(ppid)
-        if parent is None or (parent[1], parent[2]) != (vsize, size):
-            rss += size
-    return rss, raw
-
-
-def measure(cmd: list[str], cwd: Path, log: Path) -> Run:
-    """Run ``cmd``; wall time and peak RSS over its process tree (sampled every 50 ms)."""
-    import psutil
-
-    start = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-        root = psutil.Process(proc.pid)
-        peak = peak_raw = 0
-        while proc.poll() is None:
-            rss, raw = tree_rss(root)
-            peak, peak_raw = max(peak, rss), max(peak_raw, raw)
-            time.sleep(0.05)
-    wall = time.perf_counter() - start
-    ok = proc.returncode == 0
-    detail = "" if ok else f"exit {proc.returncode}, see {log}"
-    return Run(wall, peak / 2**20, ok, detail, raw_peak_rss_mb=peak_raw / 2**20)
-
-
-# -- inputs -------------------------------------------------------------------
-
-
-def prepare_checkpoints(work: Path, architecture: str, size: str, dtype: str = "fp32") -> tuple[Path, Path, dict]:
-    """HF-layout dir (for modelbuild) and Meta-layout dir (for export_llm) of the same weights.
-
-    The Meta-layout weights are stored in ``dtype`` (Meta's own checkpoints are bf16).
-    """
-    import torch
-
-    from modelbuild.ml.llm.checkpoint import load_checkpoint
-    from modelbuild.ml.llm.synthetic import write_synthetic_checkpoint
-
-    hf = work / "project" / "ckpt"
-    fields = write_synthetic_checkpoint(hf, architecture, size, 0)
-    (hf / "checkpoint.json").write_text(json.dumps({**fields, "source": "synthetic"}, sort_keys=True))
-    loaded = load_checkpoint(hf, dtype=dtype)
-    meta = work / "meta"
-    meta.mkdir(parents=True)
-    torch.save(loaded.state_dict, meta / "consolidated.00.pth")
-    (meta / "params.json").write_text(json.dumps(loaded.model_args, sort_keys=True))
-    shutil.copy(hf / "tokenizer.json", meta / "tokenizer.json")
-    return hf, meta, dict(loaded.metadata)
-
-
-RECIPE = """
-[targets.ckpt]
-step = "fetch"
-source = "ckpt"
-
-[targets.export]
-step = "export"
-inputs = {{ checkpoint = "ckpt" }}
-dtype = "fp32"
-max_seq_len = {seq}
-use_kv_cache = true
-use_sdpa_with_kv_cache = true
-enable_dynamic_shape = true
-
-[targets.xnnpack-fp32]
-step = "lower"
-inputs = {{ program = "export" }}
-backend = "xnnpack"
-
-[targets.q8da4w]
-step = "quantize"
-inputs = {{ program = "export" }}
-linear = "8da4w"
-group_size = 32
-
-[targets.xnnpack-8da4w]
-step = "lower"
-inputs = {{ program = "q8da4w" }}
-backend = "xnnpack"
-
-[targets.export-static]
-extends = "export"
-use_sdpa_with_kv_cache = false
-enable_dynamic_shape = false
-
-[targets.coreml-fp32]
-step = "lower"
-inputs = {{ program = "export-static" }}
-backend = "coreml"
-minimum_deployment_target = "iOS18"
-
-[targets.coreml-b4w]
-extends = "coreml-fp32"
-coreml_quantize = "b4w"
+print(json.dumps([inside(p) for p in sys.argv[1:]]))
 """
 
 
-def export_llm_cmd(variant: str, meta: Path, out: Path, metadata: dict, seq: int, model_class: str) -> list[str]:
-    args = [
-        PY, "-m", "executorch.extension.llm.export.export_llm",
-        f"base.model_class={model_class}",
-        f"base.checkpoint={meta / 'consolidated.00.pth'}",
-        f"base.params={meta / 'params.json'}",
-        f"base.metadata='{json.dumps(metadata, separators=(',', ':'))}'",
-        "model.use_kv_cache=True",
-        "model.dtype_override=fp32",
-        f"export.max_seq_length={seq}",
-        f"export.output_dir={out}",
-        f"export.output_name={out / (variant + '.pte')}",
-    ]
-    if variant.startswith("xnnpack"):
-        args += [
-            "model.use_sdpa_with_kv_cache=True",
-            "model.enable_dynamic_shape=True",
-            "backend.xnnpack.enabled=True",
-            "backend.xnnpack.extended_ops=True",
-        ]
-        if variant.endswith("8da4w"):
-            args += ["quantization.qmode=8da4w", "quantization.group_size=32"]
-    else:
-        args += [
-            "model.use_sdpa_with_kv_cache=False",
-            "model.enable_dynamic_shape=False",
-            "backend.coreml.enabled=True",
-            "backend.coreml.ios=18",
-            "backend.coreml.compute_units=cpu_only",
-        ]
-        if variant.endswith("b4w"):
-            args += ["backend.coreml.quantize=b4w"]
-    return args
+def coreml_inside(a: str, b: str) -> tuple[bool, list[str]]:
+    """Compare what the Core ML delegates of two .pte files hold: (the same, lines)."""
+    done = subprocess.run([PY, "-c", COREML_INSIDE, a, b], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        return False, [f"    Core ML delegates: could not read them ({done.stderr.strip().splitlines()[-1:]})"]
+    da, db = json.loads(done.stdout)
+    if len(da) != len(db):
+        return False, [f"    Core ML delegates: {len(da)} vs {len(db)}"]
+    same_all, lines = True, []
+    for i, (x, y) in enumerate(zip(da, db)):
+        for key in ("compile_specs", "spec_version", "inputs", "outputs", "ops"):
+            same = x[key] == y[key]
+            same_all = same_all and same
+            shown = (f"{sum(x['ops'].values())} vs {sum(y['ops'].values())} operations"
+                     if key == "ops" else f"modelbuild {x[key]}  export_llm {y[key]}")
+            lines.append(f"    Core ML delegate {i} {key:<14} {'same' if same else 'DIFFERENT':<9} {shown}")
+        if x["ops"] != y["ops"]:
+            diff = {op: (x["ops"].get(op, 0), y["ops"].get(op, 0)) for op in sorted(set(x["ops"]) | set(y["ops"]))
+                    if x["ops"].get(op) != y["ops"].get(op)}
+            lines.append(f"      differing (modelbuild, export_llm): {diff}")
+        lines.append(f"    Core ML delegate {i} payload bytes: modelbuild {x['payload_bytes']:,}, "
+                     f"export_llm {y['payload_bytes']:,}")
+    return same_all, lines
 
 
-# -- runs ---------------------------------------------------------------------
+def compare_variants(mb_out: Path, et_out: Path, mb_j1_out: Path | None, variants: list[str]) -> tuple[dict, list[str]]:
+    """Per variant: are modelbuild's and export_llm's programs the same? ({variant: bool}, lines)."""
+    verdict, lines = {}, []
+    for v in variants:
+        a, b = mb_out / v / "model.pte", et_out / f"{v}.pte"
+        lines.append(f"  {v}:")
+        if not (a.exists() and b.exists()):
+            verdict[v] = False
+            lines.append(f"    missing: {a if not a.exists() else b}")
+            continue
+        try:
+            sa, sb = read_structures(str(a), str(b))
+            same, more = compare_structures(sa, sb)
+        except RuntimeError as err:
+            same, more = False, [f"  structure: {err}"]
+        lines += ["  " + line for line in more]
+        if v.startswith("coreml"):
+            inner_same, inner = coreml_inside(str(a), str(b))
+            same = same and inner_same
+            lines += inner
+        if mb_j1_out is not None and (mb_j1_out / v / "model.pte").exists():
+            identical = (mb_j1_out / v / "model.pte").read_bytes() == a.read_bytes()
+            lines.append(f"    modelbuild -j 1 and -j N .pte byte-identical: {'yes' if identical else 'NO'}")
+        verdict[v] = same
+        lines.append(f"    => {'the same program' if same else 'NOT the same program'}")
+    return verdict, lines
 
 
-def modelbuild_run(project: Path, targets: list[str], work: Path, tag: str, jobs: int) -> Run:
-    cache = work / f"cache-{tag}"
+# -- the four rows --------------------------------------------------------------------------
+
+
+def modelbuild_row(label: str, project: Path, variants: list[str], work: Path, tag: str, jobs: int,
+                   env: dict, cgroup: Path | None) -> tuple[Run, Path]:
+    cache, out, report = work / f"cache-{tag}", work / f"out-{tag}", work / f"report-{tag}.json"
+    for d in (cache, out):
+        shutil.rmtree(d, ignore_errors=True)
+    cmd = [PY, "-m", "modelbuild.cli", "build", *variants, "--project", str(project), "--cache-dir", str(cache),
+           "--out-dir", str(out), "-j", str(jobs), "--report", str(report)]
+    run = measure(label, cmd, ROOT, work / f"log-{tag}.txt", env, cgroup)
+    run.steps = steps_of(report)
+    shutil.rmtree(cache, ignore_errors=True)  # the .pte files stay in out-<tag>
+    missing = [v for v in variants if not (out / v / "model.pte").exists()]
+    if run.ok and missing:
+        run.ok, run.detail = False, f"no .pte for {missing}"
+    return run, out
+
+
+def export_llm_row(label: str, paths: dict, variants: list[str], work: Path, tag: str, jobs: int, seq: int,
+                   env: dict, cgroup: Path | None) -> tuple[Run, Path]:
     out = work / f"out-{tag}"
-    shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [PY, "-m", "modelbuild.cli", "build", *targets, "--project", str(project),
-           "--cache-dir", str(cache), "--out-dir", str(out), "-j", str(jobs), "--report", str(work / f"report-{tag}.json")]
-    run = measure(cmd, ROOT, work / f"log-{tag}.txt")
-    if run.ok:
-        sizes = {t: (out / t / "model.pte").stat().st_size for t in targets if (out / t / "model.pte").exists()}
-        run.detail = ", ".join(f"{t}: {s / 1e6:.1f} MB" for t, s in sizes.items())
-    shutil.rmtree(cache, ignore_errors=True)
-    return run
+    out.mkdir(parents=True)
+    meta = Path(paths["meta"])
+    runs = [[llm_inputs.export_llm_cmd(v, meta, out, paths["metadata"], seq, "smollm2"), str(out),
+             str(work / f"log-{tag}-{v}.txt")] for v in variants]  # cwd=out: hydra writes outputs/ there
+    result = work / f"result-{tag}.json"
+    spec = json.dumps({"runs": runs, "jobs": jobs, "result": str(result)})
+    run = measure(label, [PY, "-c", LAUNCHER, spec], out, work / f"log-{tag}.txt", env, cgroup)
+    try:
+        walls = json.loads(result.read_text())
+        run.steps = [(v, "exit 0" if walls[log]["exit"] == 0 else f"exit {walls[log]['exit']}", walls[log]["wall_s"], 0.0)
+                     for v, (_, _, log) in zip(variants, runs)]
+    except (OSError, ValueError, KeyError):
+        pass
+    missing = [v for v in variants if not (out / f"{v}.pte").exists()]
+    if run.ok and missing:
+        run.ok, run.detail = False, f"no .pte for {missing}"
+    return run, out
 
 
-def export_llm_runs(variants: list[str], meta: Path, work: Path, tag: str, metadata: dict, seq: int,
-                    model_class: str) -> Run:
-    """Run export_llm once per variant, one after another (as a user would)."""
-    out = work / f"et-{tag}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
-    total, peak, raw, ok, details = 0.0, 0.0, 0.0, True, []
-    for variant in variants:
-        # cwd=out: export_llm (hydra) writes an outputs/<date>/ folder into its cwd.
-        run = measure(export_llm_cmd(variant, meta, out, metadata, seq, model_class), out,
-                      work / f"log-{tag}-{variant}.txt")
-        total += run.wall_s
-        peak = max(peak, run.peak_rss_mb)
-        raw = max(raw, run.raw_peak_rss_mb)
-        ok = ok and run.ok
-        pte = out / f"{variant}.pte"
-        details.append(f"{variant}: {pte.stat().st_size / 1e6:.1f} MB" if pte.exists() else f"{variant}: {run.detail}")
-    return Run(total, peak, ok, ", ".join(details), raw_peak_rss_mb=raw)
+def rows_of(jobs: int) -> list[str]:
+    return [f"mb -j{jobs}", f"et par{jobs}", "mb -j1", "et seq"]
 
 
-def median_run(runs: list[Run]) -> Run:
-    good = [r for r in runs if r.ok]
-    if not good:
-        return runs[-1]
-    return Run(statistics.median(r.wall_s for r in good), statistics.median(r.peak_rss_mb for r in good),
-               True, good[-1].detail, raw_peak_rss_mb=statistics.median(r.raw_peak_rss_mb for r in good))
+def summary(title: str, rounds: list[dict[str, Run]], jobs: int, threads: int) -> list[str]:
+    par, seq = max(1, threads // jobs), threads
+    mbp, etp, mb1, ets = rows_of(jobs)
+    lines = [f"\n== {title}: {len(rounds)} interleaved round(s); OMP_NUM_THREADS={par} per process in "
+             f"{mbp} and {etp}, {seq} in {mb1} and {ets} ==",
+             f"  {'':6} {'tool':<10} {'wall s':>8} {'cpu s':>8} {'proc pk':>9} {'tree pk':>9} {'raw sum':>9} "
+             f"{'cgroup':>9} {'load<':>6} {'load>':>6}   (memory in MB)"]
+    for i, runs in enumerate(rounds):
+        for run in runs.values():
+            lines.append(run_line(i, run))
+    for a, b, note in ((mbp, etp, "equal parallelism: the target"), (mbp, ets, "the earlier comparison"),
+                       (mb1, ets, "both one at a time")):
+        good = [(r[a], r[b]) for r in rounds if r[a].ok and r[b].ok]
+        if good:
+            lines += ratio_lines(good, f"{a} / {b} ({note})")
+        else:
+            lines.append(f"  {a} / {b}: no round where both succeeded")
+    for label in (mbp, etp, mb1, ets):
+        ok = [r[label] for r in rounds if r[label].ok]
+        if not ok:
+            continue
+        median = sorted(ok, key=lambda r: r.wall_s)[(len(ok) - 1) // 2]
+        lines.append(f"  {label} median: wall {median.wall_s:.1f} s, cpu {statistics.median(r.cpu_s for r in ok):.1f} s;"
+                     " its " + ("steps" if label.startswith("mb") else "runs") + " (seconds): "
+                     + ", ".join(f"{t} {s:.1f}" for t, _, s, _ in median.steps))
+    return lines
 
 
-def table(title: str, rows: list[tuple[str, Run]], n: int) -> str:
-    lines = [f"\n{title} (median of {n})",
-             f"{'tool':<34} {'wall s':>9} {'peak RSS MB':>12} {'raw sum MB':>11}  ok  detail"]
-    for name, run in rows:
-        lines.append(f"{name:<34} {run.wall_s:>9.1f} {run.peak_rss_mb:>12.0f} {run.raw_peak_rss_mb:>11.0f}"
-                     f"  {'y' if run.ok else 'n':>2}  {run.detail}")
-    if len(rows) == 2 and all(r.ok for _, r in rows):
-        a, b = rows[0][1], rows[1][1]
-        lines.append(f"{'ratio modelbuild / export_llm':<34} {a.wall_s / b.wall_s:>9.2f} {a.peak_rss_mb / b.peak_rss_mb:>12.2f}")
-    return "\n".join(lines)
+def run_round(i: int, variants: list[str], project: Path, paths: dict, work: Path, args, cgroup: Path | None
+              ) -> tuple[dict[str, Run], dict[str, Path]]:
+    jobs, threads = args.jobs, args.threads
+    envs = {n: {**os.environ, "OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), "PYTHONUNBUFFERED": "1"}
+            for n in {max(1, threads // jobs), threads}}
+    par, seq = envs[max(1, threads // jobs)], envs[threads]
+    mbp, etp, mb1, ets = rows_of(jobs)
+    plan = {
+        mbp: lambda: modelbuild_row(mbp, project, variants, work, "mb-par", jobs, par, cgroup),
+        etp: lambda: export_llm_row(etp, paths, variants, work, "et-par", jobs, args.max_seq_len, par, cgroup),
+        mb1: lambda: modelbuild_row(mb1, project, variants, work, "mb-seq", 1, seq, cgroup),
+        ets: lambda: export_llm_row(ets, paths, variants, work, "et-seq", 1, args.max_seq_len, seq, cgroup),
+    }
+    order = list(plan) if i % 2 == 0 else list(reversed(plan))
+    runs, outs = {}, {}
+    for label in order:
+        runs[label], outs[label] = plan[label]()
+        print(run_line(i, runs[label]), flush=True)
+    return runs, outs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", choices=("single", "matrix"))
-    parser.add_argument("--architecture", default="smollm2")
-    parser.add_argument("--size", default="135m", help="synthetic size (135m = the real SmolLM2-135M shape)")
+    parser.add_argument("--pairs", type=int, default=3, help="interleaved rounds (each runs the four rows)")
+    parser.add_argument("--size", default="135m", help="synthetic SmolLM2 size (135m = the real shape; tiny: a smoke test)")
+    parser.add_argument("--variants", nargs="+", choices=MATRIX,
+                        help="default: all four (Core ML stays only if both tools make the same program)")
     parser.add_argument("--max-seq-len", type=int, default=128)
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--workdir", type=Path, help="keep inputs, logs and outputs here (default: a temp dir)")
-    parser.add_argument("--tool", choices=("both", "modelbuild", "export_llm"), default="both",
-                        help="run one side only (no ratio is printed then)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="parallelism of the parallel rows")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="cores shared by each row's processes")
+    parser.add_argument("--cgroup", type=Path, help="a writable cgroup directory: one child cgroup per run, its peak printed")
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--json", type=Path, help="also write every run's figures here")
     args = parser.parse_args(argv)
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="modelbuild-bench-"))
+    work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    print(f"work dir: {work}", flush=True)
-    project = work / "project"
+    paths = prepare("smollm2-fp32", args.size, work)  # the SmolLM2 weights in both layouts, written once
+    project = Path(paths["project"])
     (project / "recipes").mkdir(parents=True, exist_ok=True)
-    (project / "recipes" / "bench.toml").write_text(textwrap.dedent(RECIPE.format(seq=args.max_seq_len)))
-    _, meta, metadata = prepare_checkpoints(work, args.architecture, args.size)
-    model_class = {"smollm2": "smollm2", "llama3_2": "llama3_2"}.get(args.architecture, args.architecture)
-    skipped = Run(0.0, 0.0, False, "not run (--tool)")
-    use_mb, use_et = args.tool in ("both", "modelbuild"), args.tool in ("both", "export_llm")
+    (project / "recipes" / "bench.toml").write_text(llm_inputs.RECIPE.format(seq=args.max_seq_len))
+    print(f"work dir {work}; {os.cpu_count()} cores; --jobs {args.jobs}, --threads {args.threads}", flush=True)
 
-    report = []
-    if args.only in (None, "single"):
-        mb, et = [], []
-        for i in range(args.runs):
-            mb.append(modelbuild_run(project, ["xnnpack-fp32"], work, f"single-{i}", args.jobs) if use_mb else skipped)
-            et.append(export_llm_runs(["xnnpack-fp32"], meta, work, f"single-{i}", metadata, args.max_seq_len, model_class)
-                      if use_et else skipped)
-            print(f"single run {i}: modelbuild {mb[-1]}, export_llm {et[-1]}", flush=True)
-        report.append(table(f"single config: {args.architecture} {args.size}, fp32, kv+sdpa, XNNPACK",
-                            [("modelbuild build (cold cache)", median_run(mb)), ("export_llm", median_run(et))], args.runs))
-    if args.only in (None, "matrix"):
-        mb, et = [], []
-        for i in range(args.runs):
-            mb.append(modelbuild_run(project, list(MATRIX), work, f"matrix-{i}", args.jobs) if use_mb else skipped)
-            et.append(export_llm_runs(list(MATRIX), meta, work, f"matrix-{i}", metadata, args.max_seq_len, model_class)
-                      if use_et else skipped)
-            print(f"matrix run {i}: modelbuild {mb[-1]}, export_llm {et[-1]}", flush=True)
-        report.append(table("matrix: {xnnpack, coreml} x {fp32, 4-bit}",
-                            [(f"modelbuild build (4 targets, -j {args.jobs})", median_run(mb)),
-                             ("export_llm x 4 (sequential)", median_run(et))], args.runs))
-    print("\n".join(report))
-    return 0
+    variants = list(args.variants or MATRIX)
+    decided = not any(v.startswith("coreml") for v in variants)  # Core ML counts only if the same program
+    rounds: list[dict[str, Run]] = []
+    structure: list[str] = []
+    i = 0
+    while len(rounds) < args.pairs:
+        runs, outs = run_round(i, variants, project, paths, work, args, args.cgroup)
+        mbp, etp, mb1, _ = rows_of(args.jobs)
+        verdict, structure = compare_variants(outs[mbp], outs[etp], outs[mb1], variants)
+        print(f"\nround {i}: the .pte files of {mbp} and {etp}, per variant:", *structure, sep="\n", flush=True)
+        i += 1
+        if not decided:
+            decided = True
+            differ = [v for v in variants if v.startswith("coreml") and not verdict[v]]
+            if differ:
+                print(f"\nCore ML left out of the ratios: {', '.join(differ)} are not the same program in both "
+                      f"tools (above). Round {i - 1} is not counted; the series starts again without them.", flush=True)
+                variants = [v for v in variants if v not in differ]
+                continue
+            if any(v.startswith("coreml") for v in variants):
+                print("\nCore ML kept in the ratios: both tools made the same Core ML programs (above).", flush=True)
+        rounds.append(runs)
+        print("\n".join(summary(f"matrix {', '.join(variants)} ({args.size})", rounds, args.jobs, args.threads)),
+              flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"variants": variants, "rounds": [
+            {k: r.__dict__ for k, r in runs.items()} for runs in rounds]}, indent=2, default=str))
+    print("\nthe .pte files of the last round, per variant:", *structure, sep="\n")
+    print("\n".join(summary(f"matrix {', '.join(variants)} ({args.size})", rounds, args.jobs, args.threads)))
+    return 0 if all(r.ok for runs in rounds for r in runs.values()) else 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ custom SDPA) -> quantize (8da4w, group 32; ``--no-quantize`` leaves it out)
 -> lower (XNNPACK) -> package, built by ``modelbuild build`` with a cold
 cache, alternately with and without ``--no-fuse`` (interleaved pairs, so a
 busy machine slows both alike). Printed per run: wall time, CPU seconds of the
-whole process tree, peak RSS of the tree (sampled every 50 ms), and each
+whole process tree, peak RSS of the tree (the sampled sum, as ``bench_pairs.measure``
+takes it), and each
 step's duration and peak as the build report gives them; then the median of
 the fused/unfused ratios. The stored artifacts of both are compared: they
 must be byte-identical (same digests).
@@ -21,34 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
-PAGE = os.sysconf("SC_PAGE_SIZE")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RECIPE = """
-[targets.ckpt]
-step = "fetch"
-source = "ckpt"
+from bench_pairs import measure  # noqa: E402
+from llm_inputs import CHAIN_HEAD, PY, ROOT  # noqa: E402
 
-[targets.export]
-step = "export"
-inputs = {{ checkpoint = "ckpt" }}
-dtype = "fp32"
-max_seq_len = {seq}
-use_kv_cache = true
-use_sdpa_with_kv_cache = true
-enable_dynamic_shape = true
-
+RECIPE = CHAIN_HEAD + """
 [targets.q8da4w]
 step = "quantize"
 inputs = {{ program = "export" }}
@@ -67,59 +53,18 @@ model_name = "bench"
 """
 
 
-def tree_rss(pid: int) -> int:
-    """RSS of ``pid`` and its descendants, in bytes (a vfork child not yet exec'd counted once)."""
-    stats: dict[int, tuple[int, int, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rpartition(b")")[2].split()
-        except OSError:
-            continue
-        stats[int(entry)] = (int(fields[1]), int(fields[20]), int(fields[21]) * PAGE)
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, (ppid, _, _) in stats.items():
-            if ppid == parent and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    total = 0
-    for p in tree:
-        if p not in stats:
-            continue
-        ppid, vsize, rss = stats[p]
-        parent = stats.get(ppid)
-        if p != pid and parent is not None and (parent[1], parent[2]) == (vsize, rss):
-            continue  # vfork child sharing its parent's pages
-        total += rss
-    return total
-
-
 def run_build(project: Path, work: Path, tag: str, fuse: bool) -> dict:
     cache, out, report = work / f"cache-{tag}", work / f"out-{tag}", work / f"report-{tag}.json"
     for path in (cache, out):
         shutil.rmtree(path, ignore_errors=True)
     cmd = [PY, "-m", "modelbuild.cli", "build", "pkg", "-q", "--project", str(project), "--cache-dir", str(cache),
            "--out-dir", str(out), "--report", str(report), *([] if fuse else ["--no-fuse"])]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    with (work / f"log-{tag}.txt").open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        peak = 0
-        while proc.poll() is None:
-            peak = max(peak, tree_rss(proc.pid))
-            time.sleep(0.05)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if proc.returncode != 0:
-        raise SystemExit(f"{tag}: build failed (exit {proc.returncode}), see {work / f'log-{tag}.txt'}")
+    run = measure("fused" if fuse else "unfused", cmd, ROOT, work / f"log-{tag}.txt", dict(os.environ), None)
+    if not run.ok:
+        raise SystemExit(f"{tag}: build failed ({run.detail})")
     data = json.loads(report.read_text())["targets"]
     shutil.rmtree(cache, ignore_errors=True)
-    return {"wall": wall, "cpu": cpu, "peak_gb": peak / 1e9, "steps": data}
+    return {"wall": run.wall_s, "cpu": run.cpu_s, "peak_gb": run.tree_peak_mb * 2**20 / 1e9, "steps": data}
 
 
 def describe(tag: str, run: dict) -> str:

@@ -24,7 +24,7 @@ Measured, one run each (the issue asks for one at this size):
 
 1. modelbuild, cold cache: both targets in one build (fetch and export
    shared), wall time and peak RSS of the whole process tree (counted as
-   ``bench_export.tree_rss`` counts it; the plain sum is printed as "raw sum");
+   ``proc_tree.tree_rss`` counts it; the plain sum is printed as "raw sum");
 2. export_llm, once per config, one after the other; the sum of wall times
    and the larger peak;
 3. modelbuild again after a quantization tweak (group size), same cache: the
@@ -49,34 +49,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_export import PY, ROOT, Run, measure, prepare_checkpoints  # noqa: E402
+from bench_pairs import Run, measure  # noqa: E402
+from llm_inputs import PY, ROOT, prepare_checkpoints  # noqa: E402
+from llm_inputs import llama1b_export_llm_cmd as export_llm_cmd  # noqa: E402
 
-METADATA = {"get_bos_id": 128000, "get_eos_ids": [128009, 128001]}
 TARGETS = ["llama-1b-ios", "llama-1b-8da4w-ios"]
-
-
-def export_llm_cmd(config: str, meta: Path, out: Path, group: int, seq: int) -> list[str]:
-    args = [
-        PY, "-m", "executorch.extension.llm.export.export_llm",
-        "base.model_class=llama3_2",
-        f"base.checkpoint={meta / 'consolidated.00.pth'}",
-        f"base.params={meta / 'params.json'}",
-        f"base.metadata='{json.dumps(METADATA, separators=(',', ':'))}'",
-        "model.use_kv_cache=True",
-        "model.use_sdpa_with_kv_cache=True",
-        "model.dtype_override=bf16",
-        f"export.max_seq_length={seq}",
-        f"export.output_dir={out}",
-        f"export.output_name={out / (config + '.pte')}",
-    ]
-    if config == "8da4w":
-        args += [
-            "quantization.qmode=8da4w",
-            f"quantization.group_size={group}",
-            "quantization.embedding_quantize='4,32'",
-            "backend.xnnpack.enabled=True",
-        ]
-    return args
 
 
 def modelbuild_cmd(project: Path, work: Path, group: int, seq: int, repo: Path) -> list[str]:
@@ -130,10 +107,12 @@ def main(argv: list[str] | None = None) -> int:
 
     shutil.rmtree(work / "cache", ignore_errors=True)
     shutil.rmtree(work / "out", ignore_errors=True)
-    cold = measure(modelbuild_cmd(project, work, args.group, args.max_seq_len, repo), ROOT, work / "log-cold.txt")
+    env = dict(os.environ)
+    cold = measure("modelbuild", modelbuild_cmd(project, work, args.group, args.max_seq_len, repo), ROOT,
+                   work / "log-cold.txt", env, None)
     print(f"modelbuild cold: {cold}", flush=True)
-    tweak = measure(modelbuild_cmd(project, work, args.tweak_group, args.max_seq_len, repo), ROOT,
-                    work / "log-tweak.txt")
+    tweak = measure("modelbuild", modelbuild_cmd(project, work, args.tweak_group, args.max_seq_len, repo), ROOT,
+                    work / "log-tweak.txt", env, None)
     print(f"modelbuild after group_size {args.group} -> {args.tweak_group}: {tweak}", flush=True)
 
     et: dict[str, Run] = {}
@@ -143,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir()
         for config in ("bf16", "8da4w"):
             # cwd=out: export_llm (hydra) writes an outputs/<date>/ folder into its cwd.
-            et[config] = measure(export_llm_cmd(config, meta, out, args.group, args.max_seq_len), out,
-                                 work / f"log-et-{config}.txt")
+            et[config] = measure("export_llm", export_llm_cmd(config, meta, out, args.group, args.max_seq_len), out,
+                                 work / f"log-et-{config}.txt", env, None)
             pte = out / f"{config}.pte"
             if pte.exists():
                 et[config].detail = f"{pte.stat().st_size / 1e9:.2f} GB .pte"
@@ -161,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {t: (work / "out" / t / "model.pte") for t in TARGETS}
     lines.append("  .pte sizes: " + ", ".join(f"{t} {p.stat().st_size / 1e9:.2f} GB" for t, p in sizes.items() if p.exists()))
     def row(name: str, run: Run) -> str:
-        return (f"{name:<36} {run.wall_s:>9.1f} {run.peak_rss_mb:>12.0f} {run.raw_peak_rss_mb:>11.0f}"
+        return (f"{name:<36} {run.wall_s:>9.1f} {run.tree_peak_mb:>12.0f} {run.raw_tree_peak_mb:>11.0f}"
                 f"  {'y' if run.ok else 'n'}  {run.detail}").rstrip()
 
     lines.append(f"{'':<36} {'wall s':>9} {'peak RSS MB':>12} {'raw sum MB':>11}  ok")
@@ -170,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     lines.extend(row(f"export_llm {config}", run) for config, run in et.items())
     if len(et) == 2 and all(r.ok for r in et.values()) and cold.ok:
         total = sum(r.wall_s for r in et.values())
-        peak = max(r.peak_rss_mb for r in et.values())
+        peak = max(r.tree_peak_mb for r in et.values())
         lines.append(f"{'export_llm, both (sum, max)':<36} {total:>9.1f} {peak:>12.0f}")
-        lines.append(f"{'ratio modelbuild / export_llm':<36} {cold.wall_s / total:>9.2f} {cold.peak_rss_mb / peak:>12.2f}")
+        lines.append(f"{'ratio modelbuild / export_llm':<36} {cold.wall_s / total:>9.2f} {cold.tree_peak_mb / peak:>12.2f}")
     print("\n".join(lines))
     return 0 if cold.ok and tweak.ok and all(r.ok for r in et.values()) else 1
 

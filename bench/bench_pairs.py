@@ -13,7 +13,7 @@ Per run, for the whole process tree of the tool:
 - peak memory, three ways: the largest peak RSS of any one process in the
   tree (the larger of ``wait4``'s ``ru_maxrss`` and the ``VmHWM`` values
   sampled from ``/proc`` every 100 ms), the largest sampled sum of RSS over
-  the tree (``bench_export.tree_rss``: an un-exec'd vfork child is not
+  the tree (``proc_tree.tree_rss``: an un-exec'd vfork child is not
   counted twice), and a cgroup's peak (``memory.peak``, v1
   ``memory.max_usage_in_bytes``) when ``--cgroup DIR`` names a writable
   cgroup directory to make one child cgroup per run in (it counts page cache
@@ -63,9 +63,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_export  # noqa: E402
-import bench_llama1b  # noqa: E402
-from bench_export import PY, ROOT, tree_rss  # noqa: E402
+import llm_inputs  # noqa: E402
+from llm_inputs import PY, ROOT  # noqa: E402
+from proc_tree import tree_rss  # noqa: E402
 
 CONFIGS = ("llama-1b-ios", "smollm2-fp32", "smollm2-8da4w")
 MB = 2**20
@@ -205,7 +205,7 @@ def prepare(config: str, size: str, work: Path) -> dict:
 import json, shutil, sys
 from pathlib import Path
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-from bench_export import prepare_checkpoints
+from llm_inputs import prepare_checkpoints
 work = Path({str(work)!r}); config = {config!r}; size = {size!r}
 if config == "llama-1b-ios":
     _, meta, _ = prepare_checkpoints(work / "ckpt-1b", "llama3_2", size, dtype="bf16")
@@ -249,7 +249,7 @@ def modelbuild_cmd(config: str, paths: dict, work: Path, tag: str, seq: int) -> 
     else:
         project = Path(paths["project"])
         (project / "recipes").mkdir(parents=True, exist_ok=True)
-        (project / "recipes" / "bench.toml").write_text(bench_export.RECIPE.format(seq=seq))
+        (project / "recipes" / "bench.toml").write_text(llm_inputs.RECIPE.format(seq=seq))
         target = "xnnpack-fp32" if config == "smollm2-fp32" else "xnnpack-8da4w"
         sets = {}
         pte = out / target / "model.pte"
@@ -267,11 +267,11 @@ def export_llm_cmd(config: str, paths: dict, work: Path, tag: str, seq: int) -> 
     out.mkdir(parents=True)
     meta = Path(paths["meta"])
     if config == "llama-1b-ios":
-        cmd = bench_llama1b.export_llm_cmd("bf16", meta, out, 32, seq)
+        cmd = llm_inputs.llama1b_export_llm_cmd("bf16", meta, out, 32, seq)
         pte = out / "bf16.pte"
     else:
         variant = "xnnpack-fp32" if config == "smollm2-fp32" else "xnnpack-8da4w"
-        cmd = bench_export.export_llm_cmd(variant, meta, out, paths["metadata"], seq, "smollm2")
+        cmd = llm_inputs.export_llm_cmd(variant, meta, out, paths["metadata"], seq, "smollm2")
         pte = out / f"{variant}.pte"
     return cmd, out, pte
 
@@ -338,12 +338,26 @@ print(json.dumps([structure(p) for p in sys.argv[1:]]))
 """
 
 
+def read_structures(*paths: str) -> list[dict]:
+    """Each ``.pte``'s structure (STRUCTURE, in a child process); RuntimeError if one cannot be read."""
+    done = subprocess.run([PY, "-c", STRUCTURE, *paths], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not read the programs ({done.stderr.strip().splitlines()[-1:]})")
+    return json.loads(done.stdout)
+
+
 def compare_ptes(a: str, b: str) -> list[str]:
     """Lines comparing the two programs: per method, what is the same and what differs."""
-    done = subprocess.run([PY, "-c", STRUCTURE, a, b], cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        return [f"  structure: could not read the programs ({done.stderr.strip().splitlines()[-1:]})"]
-    sa, sb = json.loads(done.stdout)
+    try:
+        sa, sb = read_structures(a, b)
+    except RuntimeError as err:
+        return [f"  structure: {err}"]
+    return compare_structures(sa, sb)[1]
+
+
+def compare_structures(sa: dict, sb: dict) -> tuple[bool, list[str]]:
+    """(every count the same, lines saying per method what is the same and what differs); bytes aside."""
+    same_all = True
     delta = sa["bytes"] - sb["bytes"]
     lines = [f"  bytes: modelbuild {sa['bytes']:,}, export_llm {sb['bytes']:,} "
              f"({'same size' if delta == 0 else format(delta, '+,')})"]
@@ -351,12 +365,14 @@ def compare_ptes(a: str, b: str) -> list[str]:
         pa, pb = sa["plans"].get(method), sb["plans"].get(method)
         if pa is None or pb is None:
             lines.append(f"  method {method}: only in {'export_llm' if pa is None else 'modelbuild'}")
+            same_all = False
             continue
         if not pa["instructions"] and not pb["instructions"]:
             continue  # a constant method (get_bos_id, ...)
         lines.append(f"  method {method}:")
         for key in ("instructions", "delegate_calls", "values", "non_const_buffer_sizes"):
             same = "same" if pa[key] == pb[key] else "DIFFERENT"
+            same_all = same_all and pa[key] == pb[key]
             lines.append(f"    {key:<24} {same:<9} modelbuild {pa[key]}  export_llm {pb[key]}")
         ops_a, ops_b = set(pa["operators"]), set(pb["operators"])
         same_ops = "same" if ops_a == ops_b else "DIFFERENT"
@@ -364,6 +380,7 @@ def compare_ptes(a: str, b: str) -> list[str]:
                      + (f"; only modelbuild: {sorted(ops_a - ops_b)}" if ops_a - ops_b else "")
                      + (f"; only export_llm: {sorted(ops_b - ops_a)}" if ops_b - ops_a else ""))
         calls = "same" if pa["kernel_calls"] == pb["kernel_calls"] else "DIFFERENT"
+        same_all = same_all and ops_a == ops_b and pa["kernel_calls"] == pb["kernel_calls"]
         lines.append(f"    {'kernel calls per op':<24} {calls:<9} {sum(pa['kernel_calls'].values())} vs "
                      f"{sum(pb['kernel_calls'].values())}")
         if calls != "same":
@@ -371,7 +388,7 @@ def compare_ptes(a: str, b: str) -> list[str]:
                     for op in sorted(set(pa["kernel_calls"]) | set(pb["kernel_calls"]))
                     if pa["kernel_calls"].get(op) != pb["kernel_calls"].get(op)}
             lines.append(f"      differing (modelbuild, export_llm): {diff}")
-    return lines
+    return same_all, lines
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -387,6 +404,23 @@ def run_line(pair: int, run: Run) -> str:
             f"{run.load_before:6.2f} {run.load_after:6.2f}  {'ok' if run.ok else 'FAILED ' + run.detail}")
 
 
+def ratio_lines(good: list[tuple[Run, Run]], name: str = "modelbuild / export_llm") -> list[str]:
+    """Per-pair ratios a / b of wall, CPU and the peaks, with their median, min and max."""
+    ratios = {
+        "wall": [mb.wall_s / et.wall_s for mb, et in good],
+        "cpu": [mb.cpu_s / et.cpu_s for mb, et in good],
+        "largest process peak": [mb.proc_peak_mb / et.proc_peak_mb for mb, et in good],
+        "tree sum peak": [mb.tree_peak_mb / et.tree_peak_mb for mb, et in good],
+    }
+    if all(mb.cgroup_peak_mb and et.cgroup_peak_mb for mb, et in good):
+        ratios["cgroup peak"] = [mb.cgroup_peak_mb / et.cgroup_peak_mb for mb, et in good]
+    lines = [f"  ratio {name} over {len(good)} pair(s):   median    min    max   per pair"]
+    for kind, values in ratios.items():
+        lines.append(f"    {kind:<22} {statistics.median(values):13.2f} {min(values):6.2f} {max(values):6.2f}   "
+                     + " ".join(f"{v:.2f}" for v in values))
+    return lines
+
+
 def summary(config: str, pairs: list[tuple[Run, Run]], threads: int) -> list[str]:
     lines = [f"\n== {config}: {len(pairs)} interleaved pair(s), OMP_NUM_THREADS={threads} ==",
              f"  {'':6} {'tool':<10} {'wall s':>8} {'cpu s':>8} {'proc pk':>9} {'tree pk':>9} {'raw sum':>9} "
@@ -397,18 +431,7 @@ def summary(config: str, pairs: list[tuple[Run, Run]], threads: int) -> list[str
     good = [(mb, et) for mb, et in pairs if mb.ok and et.ok]
     if not good:
         return lines + ["  no pair where both tools succeeded: no ratios"]
-    ratios = {
-        "wall": [mb.wall_s / et.wall_s for mb, et in good],
-        "cpu": [mb.cpu_s / et.cpu_s for mb, et in good],
-        "largest process peak": [mb.proc_peak_mb / et.proc_peak_mb for mb, et in good],
-        "tree sum peak": [mb.tree_peak_mb / et.tree_peak_mb for mb, et in good],
-    }
-    if all(mb.cgroup_peak_mb and et.cgroup_peak_mb for mb, et in good):
-        ratios["cgroup peak"] = [mb.cgroup_peak_mb / et.cgroup_peak_mb for mb, et in good]
-    lines.append(f"  ratio modelbuild / export_llm over {len(good)} pair(s):   median    min    max   per pair")
-    for name, values in ratios.items():
-        lines.append(f"    {name:<22} {statistics.median(values):13.2f} {min(values):6.2f} {max(values):6.2f}   "
-                     + " ".join(f"{v:.2f}" for v in values))
+    lines += ratio_lines(good)
     for tool, idx in (("modelbuild", 0), ("export_llm", 1)):
         runs = [p[idx] for p in good]
         lines.append(f"  {tool} median: wall {statistics.median(r.wall_s for r in runs):.1f} s, "

@@ -2,11 +2,12 @@
 
 The verbs themselves are a click group in :mod:`modelbuild.commands`.
 Importing this module stays cheap (no click, no pydantic, networkx, rich or
-plugins). The commonest invocation, ``modelbuild build [TARGET...] [-q]``
-when nothing changed, is answered by the no-op fast path (fastpath.py)
-before click is imported, because click's import alone would about double the
-time of a no-op build (docs/benchmarks.md). Anything else, and any no-op the
-fast path cannot prove, goes through click, which decides the same way.
+plugins). The commonest invocations, ``modelbuild build [TARGET...] [-q]
+[-j N] [-k] [--full-check]``, never import click (build_verb.py): when
+nothing changed the no-op fast path (fastpath.py) answers, and click's import
+alone would about double the time of that (docs/benchmarks.md); otherwise
+the build runs as the click verb would run it, from the same function.
+Anything else goes through click.
 
 :func:`main` returns the exit code instead of exiting, so tests and the
 console script share one path: 0 ok, 1 a build failure or an error,
@@ -37,41 +38,6 @@ def noop_options(targets: list[str], overrides: list[str], out_dir: str | None, 
     return dict(targets=list(targets), overrides=list(overrides), out_dir=out_dir, require_validation=require_validation)
 
 
-def _quick_noop(argv: list[str]) -> int | None:
-    """``build [TARGET...] [-q] [-j N] [-k]`` that the fast path proves up to date: 0, else None (go through click).
-
-    ``-j`` and ``-k`` change how misses run, never whether there are any, so a
-    no-op answers the same with them.
-    """
-    if argv[:1] != ["build"] or "_MODELBUILD_COMPLETE" in os.environ:
-        return None
-    args, targets, quiet = list(argv[1:]), [], False
-    while args:
-        a = args.pop(0)
-        if a in ("-q", "--quiet"):
-            quiet = True
-        elif a in ("-k", "--keep-going"):
-            pass
-        elif a in ("-j", "--jobs"):
-            if not args or not args.pop(0).isdigit():
-                return None
-        elif a.startswith("--jobs=") or (a.startswith("-j") and len(a) > 2):
-            if not a.split("=", 1)[-1].removeprefix("-j").isdigit():
-                return None
-        elif not a or a.startswith("-"):  # any other option: click parses it
-            return None
-        else:
-            targets.append(a)
-    from .fastpath import try_noop
-
-    quick = try_noop(project=None, recipes=None, cache_dir=None, options=noop_options(targets, [], None, False))
-    if quick is None:
-        return None
-    if not quiet:
-        print(quick, file=sys.stderr)
-    return 0
-
-
 def __getattr__(name: str) -> Any:
     if name == "cli":  # the click group, loaded on first use
         from .commands import cli
@@ -84,9 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        quick = _quick_noop(argv)
-        if quick is not None:
-            return quick
+        from .build_verb import simple_args
+
+        simple = simple_args(argv)
+        if simple is not None:  # the commonest command lines: no click (build_verb.py)
+            from .build_verb import run
+
+            commands = sys.modules.get(f"{__package__}.commands")
+            if commands is not None:  # an earlier main() in this process went through click: no --verbose now
+                commands.STATE["verbose"] = False
+            return run(simple)
         import click
 
         from .commands import STATE, cli

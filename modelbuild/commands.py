@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from .cli import EXIT_FAILED, EXIT_UNAVAILABLE, noop_options
+from .cli import EXIT_FAILED
 
 __all__ = ["cli", "STATE"]
 
@@ -219,53 +219,9 @@ def build(**kw) -> int:
       modelbuild build tiny-llama-mlmodelc --executor dask --scheduler tcp://sched:8786
       modelbuild build --remote-cache s3://team-bucket/modelbuild --remote-upload
     """
-    args = _ns(kw)
-    from .fastpath import try_noop
+    from .build_verb import run
 
-    options = noop_options(args.targets, args.overrides, args.out_dir, args.require_validation)
-    # A Dask cluster may run what this host cannot: its no-op answer is not this host's.
-    if not (args.json or args.report or args.full_check or args.frozen or args.refresh or args.executor == "dask"):
-        quick = try_noop(project=args.project, recipes=args.recipes, cache_dir=args.cache_dir, options=options)
-        if quick is not None:
-            if not args.quiet:
-                _err(quick)
-            return 0
-    from .api import build as run_build
-    from .fastpath import record_noop
-    from .progress import format_summary, make_renderer
-
-    renderer = make_renderer(sys.stderr, quiet=args.quiet or args.json, color=_color())
-    with renderer:
-        result = run_build(
-            args.targets, project=args.project, recipes=args.recipes, cache_dir=args.cache_dir, out_dir=args.out_dir,
-            jobs=args.jobs, keep_going=args.keep_going, overrides=args.overrides,
-            require_validation=args.require_validation, on_event=renderer.handle, frozen=args.frozen,
-            refresh=args.refresh, executor=args.executor, scheduler=args.scheduler,
-            remote_cache=args.remote_cache, remote_upload=args.remote_upload, remote_required=args.remote_required,
-            fuse=False if args.no_fuse else None,
-        )
-    report = result.to_json() if (args.report or args.json) else None  # milliseconds per 100 targets
-    if args.report:
-        from pathlib import Path
-
-        from .step import write_json
-
-        write_json(Path(args.report), report)
-    if args.json:
-        _print_json(report)
-    for warning in result.warnings:
-        _err(f"warning: {warning}")
-    _err(format_summary(result))
-    if result.ok:
-        record_noop(result, project=args.project, recipes=args.recipes, cache_dir=args.cache_dir, options=options)
-    else:
-        return EXIT_FAILED
-    unbuilt = result.unavailable_requested
-    if unbuilt and not args.skip_unavailable:
-        # Bazel's rule: a target named on the command line that cannot be built here is an error.
-        _err(f"error: not built on this host: {', '.join(unbuilt)} (--skip-unavailable to accept this)")
-        return EXIT_UNAVAILABLE
-    return 0
+    return run(_ns(kw), color=_color())
 
 
 @cli.command()

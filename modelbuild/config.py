@@ -138,8 +138,6 @@ class ProjectConfig:
 
 def load_config(root: Path | str) -> ProjectConfig:
     """The settings of the project at ``root`` (see the module docstring for which file)."""
-    import tomllib
-
     root = Path(root)
     dedicated, pyproject = root / CONFIG_FILE, root / "pyproject.toml"
     if dedicated.is_file():
@@ -148,6 +146,8 @@ def load_config(root: Path | str) -> ProjectConfig:
         path, prefix = pyproject, "tool.modelbuild."
     else:
         return ProjectConfig()
+    import tomllib  # here: a project without a config file (most) parses no TOML
+
     shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -24,9 +24,9 @@ Example::
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -165,7 +165,7 @@ class DaskExecutor(Executor):
             "requirements": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(req).items()},
             "remote": self._remote_spec(),
         }
-        task = f"modelbuild-{job.job['target']}-{job.key[:12]}-{uuid.uuid4().hex[:8]}"
+        task = f"modelbuild-{job.job['target']}-{job.key[:12]}-{os.urandom(4).hex()}"  # no uuid: every build imports this module
         future = self.client.submit(run_step, spec, key=task, resources=resources or None, pure=False)
         with self._lock:
             self._futures[task] = future

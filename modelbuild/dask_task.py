@@ -214,10 +214,14 @@ def _run(spec: dict[str, Any], worker: str) -> dict[str, Any]:
     if here != record.get("step_code"):
         return _failed(f"worker {worker} has different code for step {job['step']} than the build that keyed it "
                        f"(install the same modelbuild and plugins there)", worker)
-    for dist, version in step.toolchain_versions().items():
-        wanted = (record.get("toolchain") or {}).get(dist)
-        if wanted is not None and wanted != version:
-            return _failed(f"worker {worker} has {dist} {version}, the key was computed with {wanted}", worker)
+    # Both ways: a version the key lacks counts too (an Xcode that the keying host could not
+    # probe), else a result would be cached under a key that does not describe its toolchain.
+    ours, keyed = step.toolchain_versions(), dict(record.get("toolchain") or {})
+    for dist in sorted(set(ours) | set(keyed)):
+        if ours.get(dist) != keyed.get(dist):
+            have = f"has {dist} {ours[dist]}" if dist in ours else f"has no {dist}"
+            want = f"with {keyed[dist]}" if dist in keyed else f"without {dist}"
+            return _failed(f"worker {worker} {have}, the key was computed {want}", worker)
     for rel, digest in (record.get("sources") or {}).items():
         path = Path(job["sources"].get(rel, ""))
         if not path.exists():

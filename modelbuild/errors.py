@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 __all__ = [
@@ -135,6 +134,8 @@ def closest(name: str, candidates: Iterable[str]) -> str | None:
     >>> closest("exprot", ["export", "fetch", "lower"])
     'export'
     """
+    import difflib  # only when there is an error to explain: every build imports this module
+
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return matches[0] if matches else None
 

@@ -47,7 +47,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["try_noop", "record_noop", "forget_all", "FORMAT"]
+__all__ = ["try_noop", "record_noop", "forget_all", "import_path", "FORMAT"]
 
 FORMAT = 3
 _ENV = ("MODELBUILD_HOST_PLATFORM", "MODELBUILD_CACHE_DIR", "PATH")
@@ -86,6 +86,21 @@ def _process_start_ns() -> int:
     return min(started, _LOADED_NS)
 
 
+def import_path() -> list[str]:
+    """``sys.path`` as it names a cached state (this file's no-op states, the
+    bound graphs of graph_cache.py): all but its first entry.
+
+    The first entry is the script's directory, the working directory or ""
+    according to how Python was started (``modelbuild``, ``python -m
+    modelbuild.cli``, ``python -c``), so keying on it would make each way
+    of starting the same build miss the state the other wrote. What that
+    entry holds still counts: a no-op watches it as a directory
+    (:func:`record_noop`), and the bound graph's key lists the distributions
+    found on every entry and re-checks the step code where it is imported from.
+    """
+    return sys.path[1:]
+
+
 def _locate(project: str | None, recipes: str | None, cache_dir: str | None) -> tuple[Path, Path, Path]:
     if project is not None:
         root = Path(project).resolve()
@@ -119,10 +134,7 @@ def _identity(root: Path, recipes_dir: Path, cache: Path, options: dict[str, Any
         "options": options,
         "python": [sys.executable, sys.version],
         "env": {k: os.environ.get(k) for k in _ENV},
-        # Not sys.path[0]: it is the script's directory, the cwd or "" by how
-        # Python was started (`modelbuild`, `python -m`, `python -c`), and
-        # every build watches it as a directory anyway (record_noop).
-        "sys_path": sys.path[1:],
+        "sys_path": import_path(),
     }
 
 
@@ -173,8 +185,8 @@ def record_noop(result, *, project: str | None, recipes: str | None, cache_dir: 
     identity = _identity(root, recipes_dir, cache, options)
     # path -> the signature from before the engine read it, or None (stat now).
     watched: dict[str, Any] = {p: None for p in _walk_files(recipes_dir)}
-    core = Path(__file__).parent
-    watched.update((str(p), None) for p in core.rglob("*.py"))
+    for dirpath, _dirs, filenames in os.walk(os.path.dirname(__file__)):  # every module of modelbuild
+        watched.update((os.path.join(dirpath, f), None) for f in filenames if f.endswith(".py"))
     # Not only "-packages" directories: a toolchain distribution found on a
     # PYTHONPATH directory is upgraded by replacing its dist-info there.
     watched.update((os.path.abspath(p), None) for p in sys.path if p)

@@ -13,8 +13,10 @@ fingerprint. The key is a digest of everything the binding was derived from:
   closure of this module: graph, recipe, plugins, step, ...; fingerprint.py);
 - the recipe files (paths and bytes), the ``--set`` overrides, the project
   root and recipes directory;
-- the interpreter (version, executable, ``sys.path``) and every distribution
-  installed on ``sys.path`` with its version (pydantic's validation, a base
+- the interpreter (version, executable, ``sys.path`` but for its first
+  entry, which depends on how Python was started: fastpath.import_path, the
+  fast path's rule too) and every distribution installed on ``sys.path``
+  (all of it) with its version (pydantic's validation, a base
   class from another package, a plugin added or removed), and the registry's
   step -> entry point table;
 
@@ -48,6 +50,7 @@ from typing import Any
 
 import blake3
 
+from .fastpath import import_path
 from .fingerprint import StepCode, step_code
 from .graph import BuildGraph, Node
 from .graph_facts import NodeFacts, StepFacts, round_trips, same_json
@@ -162,7 +165,7 @@ def _key(root: Path, recipes_dir: Path, texts: dict[Path, bytes], overrides: lis
     material = {
         "format": FORMAT,
         "modelbuild": [__version__, binder.fingerprint],
-        "python": [sys.version, sys.executable, sys.implementation.cache_tag, sys.flags.optimize, list(sys.path)],
+        "python": [sys.version, sys.executable, sys.implementation.cache_tag, sys.flags.optimize, import_path()],
         "distributions": list(registry.distributions),
         "registry": [[info.name, info.entry] for info in registry],
         "root": str(root),

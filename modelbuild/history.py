@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,13 +28,14 @@ HISTORY_VERSION = 1
 class History:
     def __init__(self, cache_dir: Path):
         self.dir = Path(cache_dir) / "history"
+        self._dir = str(self.dir)  # paths as strings: a build looks each entry up several times
         # target -> (file identity, parsed entry): a build reads each entry
         # several times (schedule, decision, reason, record). Every save is a
         # new file (rename), so its inode tells a rewrite by anyone apart.
         self._read: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
-    def _path(self, target: str) -> Path:
-        return self.dir / f"{target}.json"
+    def _path(self, target: str) -> str:
+        return os.path.join(self._dir, f"{target}.json")
 
     def load(self, target: str) -> dict[str, Any] | None:
         """The last entry saved for ``target`` (a shared dict: do not modify it)."""
@@ -46,7 +46,8 @@ class History:
             known = self._read.get(target)
             if known is not None and known[0] == ident:
                 return known[1]
-            data = json.loads(path.read_text())
+            with open(path, "rb") as fh:
+                data = json.loads(fh.read())
         except (OSError, ValueError):
             return None
         if not isinstance(data, dict) or data.get("version") != HISTORY_VERSION:
@@ -61,8 +62,11 @@ class History:
         data = {"version": HISTORY_VERSION, **entry}
         text = json.dumps(data, sort_keys=True)
         previous = self.load(target)
-        if previous is not None and {**previous, "when": None} == {**json.loads(text), "when": None}:
+        # The stored entry as this one would be written with this one's `when`: the same text, the same entry.
+        if previous is not None and json.dumps({**previous, "when": data.get("when")}, sort_keys=True) == text:
             return
+        import tempfile  # only when something changed: a no-op build writes no entry
+
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{target}.", suffix=".tmp")
         try:
@@ -92,6 +96,8 @@ class History:
             "command": result.command,
             "blocked_by": asdict(result.blocked_by) if result.blocked_by else None,
             "worker": getattr(result, "worker", None),  # the Dask worker that ran it (docs/distributed.md)
+            "remote_hit": getattr(result, "remote_hit", False),  # from the remote cache (docs/remote.md)
+            "remote_only": getattr(result, "remote_only", False),  # ... and left there (not downloaded)
             "when": time.time(),
         }
         if key is not None:

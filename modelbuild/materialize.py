@@ -50,7 +50,7 @@ from typing import Callable
 from .errors import CacheCorrupt, StoreError
 from .hashing import Entry, Manifest, StatCache, hash_bytes, iter_files
 
-__all__ = ["materialize", "remove_materialized", "remove_tree", "preferred_method", "place_file", "CtimeGuard",
+__all__ = ["materialize", "holds", "remove_materialized", "remove_tree", "preferred_method", "place_file", "CtimeGuard",
            "CANONICAL_MTIME_NS", "METHODS", "MODE_ENV"]
 
 #: Every blob (and every copy made from one) carries this mtime:
@@ -185,9 +185,20 @@ def _verify_blobs(manifest: Manifest, blob_path: BlobPath, stat_cache: StatCache
     return blobs
 
 
-def _holds(dest: Path, manifest: Manifest, blobs: dict[str, tuple[Path, os.stat_result]],
-           stat_cache: StatCache) -> bool:
-    """Does ``dest`` already hold exactly this manifest (no more, no less)?"""
+def holds(dest: Path, manifest: Manifest, stat_cache: StatCache,
+          blobs: dict[str, tuple[Path, os.stat_result]] | None = None) -> bool:
+    """Does ``dest`` already hold exactly this manifest (no more, no less)?
+
+    With ``blobs`` (the verified store blobs of the manifest), a file that is
+    the blob itself (same inode) needs no further look. Without (a result whose
+    blobs are not in the store, left on the remote cache by a lazy build), the
+    files are judged by themselves: an ``out/<target>/`` from an earlier build
+    is kept if it is this result, read-only as placed, and removed otherwise.
+    Digests come through the stat cache (hashed once when unknown). A file made
+    writable (a reflink or copy someone edited) is never "held": it is placed
+    again, read-only.
+    """
+    dest = Path(dest)
     if dest.is_symlink() or not dest.is_dir():
         return False
     try:
@@ -200,12 +211,16 @@ def _holds(dest: Path, manifest: Manifest, blobs: dict[str, tuple[Path, os.stat_
         st = found[e.path].stat(follow_symlinks=False)
         if bool(st.st_mode & statmod.S_IXUSR) != e.executable or st.st_size != e.size:
             return False
-        blob_st = blobs[e.path][1]
-        if (st.st_dev, st.st_ino) == (blob_st.st_dev, blob_st.st_ino):
-            continue  # the verified blob itself
+        if blobs is not None:
+            blob_st = blobs[e.path][1]
+            if (st.st_dev, st.st_ino) == (blob_st.st_dev, blob_st.st_ino):
+                continue  # the verified blob itself
         if st.st_mode & _WRITABLE:
-            return False  # a reflink or copy someone made writable: place it again, read-only
-        if stat_cache.digest(dest / e.path) != e.digest:
+            return False
+        try:
+            if stat_cache.digest(dest / e.path) != e.digest:
+                return False
+        except (OSError, StoreError):
             return False
     return True
 
@@ -345,7 +360,7 @@ def materialize(manifest: Manifest, dest: Path, *, blob_path: BlobPath, stat_cac
             remove_tree(stale)
         guard = CtimeGuard(stat_cache, blob_path)
         blobs = _verify_blobs(manifest, blob_path, stat_cache, guard)
-        if _holds(dest, manifest, blobs, stat_cache):
+        if holds(dest, manifest, stat_cache, blobs):
             return "unchanged"
         tmp = dest.parent / f".{dest.name}.mb-{os.getpid()}-{os.urandom(4).hex()}"
         used = "empty"

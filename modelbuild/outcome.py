@@ -145,6 +145,9 @@ class TargetResult:
     worker: str | None = None
     #: CACHED from the shared remote cache in this build (fetched, verified), not from the local store.
     remote_hit: bool = False
+    #: CACHED from the remote cache and left there: no step here needed its bytes, so neither its
+    #: blobs nor ``out/<name>`` were downloaded (lazy materialization, docs/remote.md).
+    remote_only: bool = False
 
     @property
     def ok(self) -> bool:

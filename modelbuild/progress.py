@@ -40,8 +40,10 @@ def format_summary(result: BuildResult) -> str:
     counts = result.counts()
     parts = [f"{n} {s}" for s, n in counts.items() if n]
     remote = sum(1 for r in result.targets.values() if getattr(r, "remote_hit", False))
-    if remote:  # "3 cached (2 from the remote cache)"
-        parts = [p + f" ({remote} from the remote cache)" if p.endswith(" cached") else p for p in parts]
+    left = sum(1 for r in result.targets.values() if getattr(r, "remote_only", False))
+    if remote:  # "3 cached (2 from the remote cache, 1 of them not downloaded)"
+        note = f"{remote} from the remote cache" + (f", {left} of them not downloaded" if left else "")
+        parts = [p + f" ({note})" if p.endswith(" cached") else p for p in parts]
     return f"{len(result.targets)} target(s): {', '.join(parts) or 'nothing to do'} in {result.duration_s:.2f} s"
 
 

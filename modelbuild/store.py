@@ -345,6 +345,12 @@ class Store:
         """
         return self.remote.find(key) if self.remote is not None else None
 
+    def lacks(self, manifest: Manifest) -> int:
+        """Bytes of ``manifest``'s blobs that this store does not hold intact (0: all here)."""
+        from .remote import _have
+
+        return sum(e.size for e in {(e.digest, e.executable): e for e in manifest.entries}.values() if not _have(self, e))
+
     def from_remote(self, key: str) -> str | None:
         """The (redacted) URL of the remote that ``key``'s result came from in this process, else None."""
         if self.remote is not None and self.remote.found(key):

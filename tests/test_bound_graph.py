@@ -221,6 +221,23 @@ def test_another_python_is_bound_again(site, project, monkeypatch):
     assert not hit(load(project))
 
 
+def test_how_python_was_started_does_not_bind_again(site, project, monkeypatch):
+    """``modelbuild``, ``python -m modelbuild.cli`` and ``python -c`` differ only
+    in ``sys.path[0]`` (bin/, the working directory, ""): one rule (fastpath.import_path) keys both caches, so
+    switching between them reuses the entry (and the no-op state) of the other."""
+    from modelbuild import fastpath
+
+    rest = sys.path[1:]
+    entry = sys.path[0]  # the plugin's site folder (the fixture prepends it): kept, as a second entry
+    monkeypatch.setattr(sys, "path", [str(project.root), entry, *rest])  # python -m, started in the project
+    identity = fastpath._identity(project.root, project.root / "recipes", project.cache, {})
+    assert not hit(load(project))
+    monkeypatch.setattr(sys, "path", [str(Path(sys.executable).parent), entry, *rest])  # the console script
+    assert hit(load(project)), "bound again for another sys.path[0]"
+    assert fastpath._identity(project.root, project.root / "recipes", project.cache, {}) == identity
+    # (Any later entry still counts: test_every_input_of_the_binding_is_in_the_key.)
+
+
 def test_code_edited_while_binding_is_not_kept(site, project, monkeypatch):
     """The real rule: plugin code written after this process started may not be
     what it imported, so no entry is written from that binding."""

@@ -45,3 +45,23 @@ def test_the_cluster_is_described_for_people():
     assert describe_workers({"mac": MAC, "ci-1": LINUX, "bare": {}}) == \
         "bare (no resources); ci-1 (cpu=8, linux=1); mac (macos=1, xcode=1)"
     assert describe_workers({"w": {"memory_gb": 0.5}}) == "w (memory_gb=0.5)"
+
+
+def test_a_worker_refuses_a_key_that_does_not_describe_its_toolchain(tmp_path):
+    """Compared both ways: an entry of the key that the worker's toolchain lacks (or the reverse:
+    a Linux client keys mlmodelc with "xcode: not available", a Mac worker with only the command
+    line tools has coremlcompiler but no xcode entry) fails the step instead of caching its
+    output under a key that does not describe it. No cluster: the task function itself."""
+    from modelbuild.dask_task import _info, _run
+    from modelbuild.plugins import Registry
+    from modelbuild.store import Store
+
+    entry = Registry.discover().get("command").entry
+    with Store(tmp_path / "cache") as store:
+        code = _info("command", entry).code(store.cache).fingerprint
+    spec = {"job": {"step": "command", "entry": entry, "target": "t", "inputs": {}}, "store": str(tmp_path / "cache"),
+            "key": "0" * 64, "record": {"step_code": code, "toolchain": {"xcode": "not available"}},
+            "inputs": {}, "requirements": {}, "remote": None}
+    done = _run(spec, "mac-mini")
+    assert done["status"] == "failed"
+    assert done["reason"] == "worker mac-mini has no xcode, the key was computed with not available"

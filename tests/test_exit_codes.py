@@ -53,12 +53,14 @@ def test_named_target_skipped_for_an_unavailable_input_exits_3(mac_project):
     assert report["ok"] and report["unavailable_requested"] == ["after"]
 
 
+@pytest.mark.slow
 def test_default_target_and_dependencies_are_only_reported(mac_project):
     out = run_cli("build", cwd=mac_project.root)  # the default target, not named
     assert out.returncode == 0, out.stderr
     assert "needs macOS" in out.stderr
 
 
+@pytest.mark.slow
 def test_skip_unavailable_keeps_exit_0(mac_project):
     out = run_cli("build", "--skip-unavailable", "mac", "after", cwd=mac_project.root)
     assert out.returncode == 0, out.stderr

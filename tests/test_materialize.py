@@ -380,6 +380,7 @@ def test_kill_9_during_restores_leaves_the_old_or_the_new_tree(store, tmp_path):
     assert store.verify() == []
 
 
+@pytest.mark.slow
 def test_two_processes_restoring_into_one_output(store, tmp_path):
     import json
     import subprocess

@@ -29,6 +29,7 @@ def _project(tmp_path, name: str) -> Project:
     return p
 
 
+@pytest.mark.slow
 def test_verify_rebuild_names_a_measurement_file_instead_of_failing_on_it(tmp_path, monkeypatch, capsys):
     install_measured_steps(tmp_path, monkeypatch)
     p = _project(tmp_path, "p")
@@ -61,6 +62,7 @@ def test_release_leaves_measurement_files_out_of_the_archive(tmp_path, monkeypat
     assert (a.out / "timed" / "timings.json").read_bytes() != (b.out / "timed" / "timings.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_cosine_is_the_same_whatever_the_blas_thread_count():
     """The accuracy figures rebuild bit for bit: BLAS's threaded dot product added in an order that
     depended on its thread count (the engine's share of cores), so the last digits of a cosine moved."""

@@ -15,11 +15,13 @@ import logging
 import socket
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from modelbuild.api import build, cache_pull, cache_push, plan
+from modelbuild import fastpath
+from modelbuild.api import build, cache_pull, cache_push, explain, plan
 from modelbuild.config import ConfigError, load_config
 from modelbuild.errors import ModelbuildError
 from modelbuild.remote import RemoteCache, RemoteUnavailable, redact
@@ -117,22 +119,65 @@ def _blob_files(store_root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in (store_root / "blobs").rglob("*") if p.is_file()}
 
 
+EDITED = TWO.replace("/a.txt > $MODELBUILD_OUT/b.txt", "/a.txt > $MODELBUILD_OUT/b.txt; echo edited >> $MODELBUILD_OUT/b.txt")
+
+
+@pytest.fixture
+def fetched(monkeypatch) -> list[str]:
+    """The remote's read log: the path (in its artifact) of every blob downloaded, in order."""
+    log: list[str] = []
+    real = RemoteCache._fetch_one
+
+    def logged(self, fs, e, local):
+        log.append(e.path)
+        return real(self, fs, e, local)
+
+    monkeypatch.setattr(RemoteCache, "_fetch_one", logged)
+    return log
+
+
 @pytest.mark.slow
-def test_fresh_clone_gets_the_artifacts_from_the_remote_without_running_steps(remote, origin, tmp_path):
+def test_fresh_clone_downloads_only_what_out_needs(remote, origin, tmp_path, fetched, monkeypatch):
+    """Lazy materialization: the final target's blobs come down, the chain's intermediate stays
+    remote until asked for or needed by a step that runs here (Bazel's build without the bytes)."""
     url, config = remote
     clone = _project(tmp_path / "clone", config)
     planned = plan(["b"], project=clone.root, remote_cache=url)  # the build's own decision, nothing fetched
     assert [(r.decision, r.reasons) for r in planned.rows] == [("hit", (f"remote hit: from {url}",))] * 2
+    clone.file("out/a/a.txt", "stale\n")  # from some earlier build: out/ must not show it as a's output
     result = clone.build(remote_cache=url)
-    assert clone.statuses(result) == {"a": "cached", "b": "cached"}
-    assert all(r.remote_hit and r.reason == f"remote hit: from {url}" for r in result.targets.values())
-    assert result.warnings == []
+    a, b = result.targets["a"], result.targets["b"]
+    assert clone.statuses(result) == {"a": "cached", "b": "cached"} and result.ok and result.warnings == []
+    assert a.remote_hit and a.remote_only and a.out is None and not (clone.out / "a").exists()
+    assert a.reason == f"remote hit: from {url} (not downloaded: no step here needs it)"
+    assert b.remote_hit and not b.remote_only and b.reason == f"remote hit: from {url}"
     assert (clone.out / "b" / "b.txt").read_text() == "DATA\nMADE\n"
+    assert fetched == ["b.txt"] and list(_blob_files(clone.cache).values()) == [b"DATA\nMADE\n"]
     assert not list((clone.cache / "logs").iterdir())  # no step ran
-    # Now in the local store: the next build is a local hit, even without the remote.
+    assert {n: e["remote_only"] for n, e in ((e["target"], e) for e in explain("b", project=clone.root).entries)} \
+        == {"a": True, "b": False}
+    # The no-op fast path still answers (out/a is not watched: there is none).
+    monkeypatch.setattr(fastpath, "_RACY_NS", 0)  # only what the build itself changes may be racy
+    started = time.time_ns()
+    quiet = clone.build(remote_cache=url)
+    assert quiet.targets["a"].remote_only and fetched == ["b.txt"]
+    where = dict(project=str(clone.root), recipes=None, cache_dir=None, options={})
+    fastpath.record_noop(quiet, started_ns=started, **where)
+    assert fastpath.try_noop(**where) == "2 target(s) up to date (nothing changed since the last build)"
+    # Its record is the remote's: a push from this clone has nothing to send.
+    assert {s for s, _ in cache_push(["b"], project=clone.root, remote_cache=url).rows.values()} == {"already there"}
+
+    # Editing the last step: its input comes down (verified), and only that step runs.
+    clone.recipe(EDITED)
+    edited = clone.build(remote_cache=url)
+    assert clone.statuses(edited) == {"a": "cached", "b": "built"}
+    assert edited.targets["a"].remote_hit and not edited.targets["a"].remote_only
+    assert fetched == ["b.txt", "a.txt"] and (clone.out / "a" / "a.txt").read_text() == "data\nmade\n"
+    assert (clone.out / "b" / "b.txt").read_text() == "DATA\nMADE\nedited\n"
+    assert [e["remote_only"] for e in explain("b", project=clone.root).entries] == [False, False]
+    # All local now: the next build needs no remote at all.
     again = clone.build()
-    assert {r.remote_hit for r in again.targets.values()} == {False}
-    assert clone.statuses(again) == {"a": "cached", "b": "cached"}
+    assert clone.statuses(again) == {"a": "cached", "b": "cached"} and not any(r.remote_hit for r in again.targets.values())
     # Neither the remote's address nor credentials are in what was shared.
     rc = RemoteCache(url, options={"endpoint_url": config.split('"')[1]} if config else None)
     fs, root = rc._filesystem()
@@ -142,7 +187,7 @@ def test_fresh_clone_gets_the_artifacts_from_the_remote_without_running_steps(re
 
 
 @pytest.mark.slow
-def test_corrupt_remote_blob_is_rejected_and_the_step_rebuilt(remote, origin, tmp_path):
+def test_corrupt_remote_blob_of_a_needed_input_is_rejected_and_rebuilt(remote, origin, tmp_path, fetched):
     url, config = remote
     clone = _project(tmp_path / "clone", config)
     with Store(origin.cache) as store:  # where a's output is on the remote
@@ -155,17 +200,24 @@ def test_corrupt_remote_blob_is_rejected_and_the_step_rebuilt(remote, origin, tm
     assert len(bad) == len(good) and bad != good
     fs.pipe_file(path, bad)
 
+    # Nothing here needs a's bytes: they are not even read.
+    lazy = clone.build(remote_cache=url)
+    assert clone.statuses(lazy) == {"a": "cached", "b": "cached"} and fetched == ["b.txt"]
+    # Editing b makes a needed: its blob is fetched, found corrupt, and a rebuilt here.
+    clone.recipe(EDITED)
     result = clone.build(remote_cache=url, remote_upload=True)
     a, b = result.targets["a"], result.targets["b"]
-    assert a.status == "built" and not a.remote_hit
+    assert fetched == ["b.txt", "a.txt"]
+    assert a.status == "built" and not a.remote_hit and not a.remote_only
     assert a.reason.startswith("cache entry corrupt: a.txt: remote blob ") and "is corrupt" in a.reason
     assert [w for w in result.warnings if "rejected" in w], result.warnings
-    assert b.status == "cached" and b.remote_hit  # a's rebuild is identical: b's key is unchanged
+    assert b.status == "built" and (clone.out / "b" / "b.txt").read_text() == "DATA\nMADE\nedited\n"
     assert (clone.out / "a" / "a.txt").read_bytes() == good
     assert bad not in _blob_files(clone.cache).values()  # never stored, never used
     assert fs.cat_file(path) == good  # the upload replaced the corrupt blob
 
 
+@pytest.mark.slow
 def test_push_then_pull_round_trip(origin, tmp_path):
     url = (tmp_path / "remote").as_uri()
     origin.file("modelbuild.toml", "")
@@ -291,6 +343,7 @@ def test_a_record_under_the_wrong_key_is_rejected(origin, tmp_path):
     assert rc.warnings == [f"remote record {keys['b'][:12]} rejected: its key record does not hash to the key it is stored under"]
 
 
+@pytest.mark.slow
 def test_cli_reports_remote_hits(origin, tmp_path):
     url = (tmp_path / "remote").as_uri()
     origin.file("modelbuild.toml", "")
@@ -299,8 +352,11 @@ def test_cli_reports_remote_hits(origin, tmp_path):
     clone.file("pyproject.toml", f'[project]\nname = "clone"\n\n[tool.modelbuild]\nremote-cache = "{url}"\n')
     done = run_cli("build", "--json", cwd=clone.root)
     assert done.returncode == 0, done.stderr
-    assert "remote hit: from " + url in done.stdout
-    assert "2 target(s): 2 cached (2 from the remote cache)" in done.stderr
+    report = json.loads(done.stdout)["targets"]
+    assert {n: (t["reason"], t["remote_hit"], t["remote_only"], t["out"] is None) for n, t in report.items()} == {
+        "a": (f"remote hit: from {url} (not downloaded: no step here needs it)", True, True, True),
+        "b": (f"remote hit: from {url}", True, False, False)}
+    assert "2 target(s): 2 cached (2 from the remote cache, 1 of them not downloaded)" in done.stderr
 
 
 def test_cache_push_and_pull_verbs(origin, tmp_path):

@@ -50,6 +50,23 @@ def test_a_zip_on_sys_path_falls_back_to_importlib_metadata(tmp_path, monkeypatc
     assert "command" in Registry.discover()
 
 
+def test_the_click_free_build_reads_its_command_lines_as_click_does():
+    """cli.main reads the commonest build command lines without click (build_verb.py):
+    the options must be exactly those click would give the verb, defaults included;
+    any other command line is left to click."""
+    from modelbuild.build_verb import simple_args
+    from modelbuild.commands import _ns, build
+
+    for argv in ([], ["-q", "--full-check"], ["a", "b", "-j", "2", "-k"], ["-j3", "x"],
+                 ["--jobs=4", "--quiet", "--keep-going", "t"], ["--jobs", "0"]):
+        ours = simple_args(["build", *argv])
+        assert ours is not None, argv
+        assert vars(ours) == vars(_ns(build.make_context("build", list(argv)).params)), argv
+    for argv in (["build", "--json"], ["build", "-j", "x"], ["build", "-j=2"], ["build", "-qk"], ["build", "--", "a"],
+                 ["build", "-j"], ["plan"], ["--verbose", "build"]):
+        assert simple_args(argv) is None, argv
+
+
 PROBE = """
 import runpy, sys
 sys.argv = ["modelbuild", "build", "--full-check", "-q"]
@@ -59,7 +76,7 @@ except SystemExit as e:
     assert e.code == 0, e.code
 steps = sorted(m for m in sys.modules if m.startswith("modelbuild.steps."))
 print("STEPS=" + ",".join(steps))
-print("HEAVY=" + ",".join(m for m in ("networkx", "torch", "filelock") if m in sys.modules))
+print("HEAVY=" + ",".join(m for m in ("networkx", "torch", "filelock", "click") if m in sys.modules))
 print("PYDANTIC=" + ",".join(m for m in ("pydantic", "pydantic_core") if m in sys.modules))
 """
 

@@ -262,6 +262,7 @@ CONCURRENT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_processes_ingesting_the_same_content(tmp_path):
     root = tmp_path / "c"
     procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, str(root), n],

@@ -38,6 +38,7 @@ def build(
     remote_upload: bool | None = None,
     remote_required: bool | None = None,
     fuse: bool | None = None,
+    lazy: bool = True,
 ) -> BuildResult:
     """Build ``targets`` (the recipes' default target when empty) and their inputs.
 
@@ -54,7 +55,10 @@ def build(
     (docs/distributed.md); with Dask, ``jobs`` defaults to the cluster's threads.
     ``remote_cache`` (a URL), ``remote_upload`` and ``remote_required`` (default:
     the project configuration) add the shared remote cache tier (docs/remote.md);
-    what went wrong with it is in ``result.warnings``.
+    what went wrong with it is in ``result.warnings``. With a remote, ``lazy`` (the
+    default) downloads only what ``out/`` of ``targets`` and the steps that run here
+    need: a result of the chain found there and needed by nobody stays there
+    (``remote_only`` in its result); ``lazy=False`` fetches every one (``release``).
     ``fuse`` (default: on unless ``MODELBUILD_FUSE=0``): the local executor runs
     a chain of misses in one process, handing programs over in memory (fused.py).
     """
@@ -86,6 +90,7 @@ def build(
                 on_event=on_event,
                 refresh=refresh,
                 executor=runner,
+                lazy=lazy and store.remote is not None,
             )
             result = engine.build(names, explicit=list(targets or []))
             if store.remote is not None:  # e.g. "remote cache ... unreachable ...; building locally"

@@ -143,11 +143,17 @@ def cache_push(
     names = graph.resolve_names(list(targets or []))
     remote = _open(ws, remote_cache, upload=True)
     result = Transfer(remote.shown)
-    with ws.store() as store:  # no remote on the store: decisions are about this cache alone
+    with ws.store() as store:
+        # The remote answers for what this cache lacks: a result a lazy build left there
+        # (docs/remote.md) is "already there", and the keys after it can still be computed.
+        store.remote = remote
         for name, decision in _decisions(ws, graph, names, store):
             record = decision.prepared.hit if decision.prepared is not None else None
             if decision.kind != Kind.HIT or record is None:
                 result.rows[name] = _unbuilt(decision)
+                continue
+            if store.from_remote(decision.prepared.key) is not None:
+                result.rows[name] = ("already there", "")
                 continue
             before = remote.stats.bytes_pushed, remote.stats.blobs_pushed
             try:

@@ -58,6 +58,8 @@ def explain(
                 blocked_by=last.get("blocked_by"),
                 command=last.get("command"),
                 worker=last.get("worker"),
+                remote_hit=bool(last.get("remote_hit")),
+                remote_only=bool(last.get("remote_only")),
                 when=last.get("when"),
             )
         result.entries.append(entry)

@@ -104,7 +104,8 @@ def release(
     lock_path = ws.root / LOCK_NAME
     lk = Lock.read(lock_path) if lock_path.exists() else None
     result = build(names, project=ws.root, recipes=ws.recipes_dir, cache_dir=ws.cache_dir, out_dir=ws.out_dir,
-                   jobs=jobs, overrides=overrides, frozen=lk is not None, on_event=on_event)
+                   jobs=jobs, overrides=overrides, frozen=lk is not None, on_event=on_event,
+                   lazy=False)  # the manifest lists every record of the chain: all of it local
     if lk is not None:
         pins = locked_overrides(lk, graph, names)
         if pins:

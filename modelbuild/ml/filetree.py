@@ -111,8 +111,8 @@ def detect_format(names: list[str]) -> str | None:
     top = {n for n in names if "/" not in n}
     if "config.json" in top and any(n.endswith(".safetensors") for n in top):
         return "hf"
-    if "params.json" in top and any(n.startswith("consolidated") and n.endswith(".pth") for n in top):
-        return "meta"
+    if "params.json" in top and any(n.endswith((".pth", ".pt")) for n in top):
+        return "meta"  # consolidated*.pth, or one *.pt (llama2.c's stories110M.pt)
     if any(n.endswith(".gguf") for n in top):
         return "gguf"
     return None

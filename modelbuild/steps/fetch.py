@@ -150,7 +150,12 @@ class FetchStep(Step):
         the commit that was keyed. A 40-hex revision is pinned already and never
         resolved. The resolution is remembered for ``ctx.ttl_s`` (``--refresh``
         asks again); offline, the last one is used and a note says so.
+
+        A local source with a declared ``family`` is checked against its files
+        here, while planning (:meth:`_check_local_family`).
         """
+        if source_kind(params.source) == "local" and params.family is not None:
+            self._check_local_family(params, ctx.project)
         if source_kind(params.source) != "hf":
             return params
         from modelbuild.ml.hub import parse_hf_source, pinned, resolve_revision  # light until the Hub is asked
@@ -240,6 +245,25 @@ class FetchStep(Step):
                 key="family",
                 suggestion=closest(family, FAMILIES),
             )
+
+    def _check_local_family(self, params: Params, project: Path) -> None:
+        """A declared ``family`` that the local checkpoint contradicts fails the plan, before anything runs.
+
+        The fetch's own check (``infer.py``), on ``config.json`` or the GGUF
+        header's first key: microseconds, no torch. What is not there (yet) is
+        left to the fetch.
+        """
+        try:
+            from modelbuild.ml.llm.infer import FamilyMismatch, check_local  # light: no torch
+        except ImportError:
+            return
+        source = self.sources(params)[0]
+        try:
+            check_local(project / source, params.family, source, list(params.files))
+        except FamilyMismatch as err:  # the message names the key: "family = 'x' contradicts <file>: ..."
+            raise RecipeError(str(err)) from None
+        except ValueError:
+            return  # an unknown family name: check() reports it, with a suggestion
 
     def _check_synthetic(self, params: Params) -> None:
         from modelbuild.errors import closest
@@ -474,6 +498,6 @@ def _settle_format(params: Params, claimed: str | None, names: list[str]) -> str
         hint = f'a {found[1]} checkpoint is in {found[0]}/: set subdir = "{found[0]}"'
     raise StepError(
         f"cannot tell the checkpoint format of {params.source} from its top-level files ({preview(names)}): "
-        "expected config.json + *.safetensors (hf), params.json + consolidated*.pth (meta) "
+        "expected config.json + *.safetensors (hf), params.json + consolidated*.pth or one *.pt (meta) "
         f"or a *.gguf file; {hint}"
     )

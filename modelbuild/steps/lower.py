@@ -100,9 +100,11 @@ class LowerStep(Step):
             ctx.log(line)
         if p.etrecord:
             # etrecord.bin serializes the program as given, and one handed over in
-            # memory carries what a loaded one does not (symbolic-shape hints,
-            # parameter subclasses): load the file, so the artifact is the same
-            # bytes fused or not (the .pte is the same either way).
+            # memory carries what torch.export.load drops: the fake tensors'
+            # storage offsets of views and slices (symbolic in the KV-cache
+            # updates) and unbacked-symbol hints, about 550 bytes of model.json
+            # on the tiny llama. Load the file, so the artifact is the same bytes
+            # fused or not (the .pte is the same either way).
             ep, info, _ = load_program(program.path)
         else:
             ep, info, _ = ctx.input_value("program", load_program)  # in memory when fused

@@ -96,7 +96,7 @@ class ProfileStep(Step):
         from modelbuild.ml.profile.etdump import instruction_rows, run_with_etdump
         from modelbuild.ml.profile.inputs import describe_calls, program_calls, program_json
         from modelbuild.ml.profile.memory import instruction_names, memory_plan, read_program
-        from modelbuild.ml.profile.report import describe_drift, first_drift, summarize, write_profile
+        from modelbuild.ml.profile.report import describe_drift, first_drift_of, summarize, write_profile
 
         torch.set_num_threads(max(1, ctx.jobs))
         model = pte.file("model.pte")
@@ -132,12 +132,13 @@ class ProfileStep(Step):
         if p.debug:
             if etrecord is None:
                 raise StepError(f"profile debug = true needs {pte.target}'s ETRecord (set etrecord = true on it)")
-            from modelbuild.ml.profile.drift import measure_drift
+            from modelbuild.ml.profile.drift import LATER_POSITION, locate
 
-            drift = measure_drift(model, etrecord, calls[0].inputs, ctx.work / "drift", label=calls[0].label)
-            row = first_drift(drift["ops"], p.debug_min_cosine)
+            # Position 0 and a later decode call of an LLM (drift.py says why both).
+            drift = locate(model, etrecord, program_calls(ref.path, program, LATER_POSITION + 1), ctx.work / "drift")
+            row, where = first_drift_of(drift, p.debug_min_cosine)
             drift["min_cosine"] = p.debug_min_cosine
-            drift["first_drift"] = describe_drift(row) or None
+            drift["first_drift"] = (describe_drift(row) + (f" ({where})" if where else "")) or None
             profile["drift"] = drift
         write_profile(ctx.out, profile, title=pte.target)
         (ctx.out / "etdump.etdp").write_bytes(run.etdump.read_bytes())

@@ -20,6 +20,7 @@ import pytest
 import torch
 import transformers
 
+from modelbuild.ml.filetree import detect_format
 from modelbuild.ml.llm.checkpoint import CheckpointError, load_checkpoint
 from modelbuild.ml.llm.gguf_io import read_gguf, write_gguf_from_hf
 from modelbuild.ml.llm.model import load_llm
@@ -209,7 +210,7 @@ def _hf_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 TEXT = "Where did you come from?  It's 1899, they'll say.\n\nHow long did the crossing take? 12345 ✓"
 
 
-@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "smollm", "gpt2"])
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "smollm", "gpt2", "gpt-4o", "qwen35"])
 def test_gguf_bpe_tokenizer_keeps_its_pre_tokenizer(pre, tmp_path):
     from tokenizers import Tokenizer
 
@@ -314,6 +315,24 @@ def test_synthetic_sizes_load_in_transformers_and_convert(tmp_path):
         (path / "checkpoint.json").write_text(json.dumps(fields))
         assert load_checkpoint(path).family.name == family
         torch.testing.assert_close(converted_logits(path), reference_logits(path), atol=1e-5, rtol=0)
+
+
+def test_stories_pt_checkpoint_matches_transformers(hf_dirs, references, tmp_path):
+    """export_llm's stories110m input: llama2.c's one ``stories110M.pt`` (Meta names under
+    ``model``) + params.json, read as Meta layout with ``family = "llama2"`` declared."""
+    ckpt = load_checkpoint(hf_dirs["llama2"])
+    src = tmp_path / "stories"
+    src.mkdir()
+    torch.save({"model": {k: v.clone() for k, v in ckpt.state_dict.items()}}, src / "stories110M.pt")
+    args = ckpt.model_args
+    params = {k: args[k] for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "norm_eps")}
+    params["multiple_of"] = 32
+    (src / "params.json").write_text(json.dumps(params))
+    (src / "checkpoint.json").write_text(json.dumps({"family": "llama2"}))  # no "format": detected
+    assert detect_format(["params.json", "stories110M.pt", "tokenizer.model"]) == "meta"
+    loaded = load_checkpoint(src)
+    assert loaded.format == "meta" and loaded.family.name == "llama2"
+    torch.testing.assert_close(converted_logits(src), references["llama2"], atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("case", ["llama2", "llama3_1"])

@@ -11,11 +11,10 @@ Evidence per family, on tiny checkpoints (hidden 64, 2-4 layers, vocabulary 512)
   ``convert_weights`` makes its checkpoint where it imports: lfm2, qwen3_5;
   phi_4_mini's imports torchtune, which is not installed, so our converted
   weights are used there and the weight mapping rests on the logits test);
-- greedy tokens of that program's fp32 ``.pte`` (portable kernels) through
-  ``TextLLMRunner`` equal transformers' greedy tokens (lfm2: the hybrid
-  conv/attention family, whose convolution state the runner's decode carries).
+- greedy tokens of each family's fp32 ``.pte`` through ``TextLLMRunner`` equal
+  transformers' greedy tokens: ``tests/ml/test_runner.py``, for every family.
 
-Everything heavy is built once per module and shared by the tests.
+Everything heavy is built once per test run (``llm_artifacts._once``) and shared by the tests.
 """
 
 from __future__ import annotations
@@ -40,69 +39,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "steps"))
 
 import llm_artifacts as A  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hybrid_models import CAUSAL_LM, sharp_model  # noqa: E402
+
 pytestmark = pytest.mark.ml
 
 FAMILIES = ["phi_4_mini", "lfm2", "qwen3_5"]
 MODEL_CLASS = {"phi_4_mini": "phi_4_mini", "lfm2": "lfm2_350m", "qwen3_5": "qwen3_5_0_8b"}
-CAUSAL_LM = {
-    "phi_4_mini": transformers.Phi3ForCausalLM,
-    "lfm2": transformers.Lfm2ForCausalLM,
-    "qwen3_5": transformers.Qwen3_5ForCausalLM,
-}
 SEQ = 24
 ATOL = 1e-4
-
-
-def _hf_config(family: str):
-    """A tiny config of the family; untied (phi_4_mini, qwen3_5) where the synthetic one is tied."""
-    if family == "phi_4_mini":
-        rope = {"rope_type": "longrope", "short_factor": [1 + 0.1 * i for i in range(6)],
-                "long_factor": [2 + 0.5 * i for i in range(6)]}
-        return transformers.Phi3Config(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=512, partial_rotary_factor=0.75, max_position_embeddings=256,
-            original_max_position_embeddings=64, rope_scaling=rope, tie_word_embeddings=False,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        )
-    if family == "lfm2":
-        return transformers.Lfm2Config(
-            hidden_size=64, intermediate_size=192, block_multiple_of=32, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, vocab_size=512, layer_types=["conv", "full_attention"],
-            # tied, as the released LFM2s: ExecuTorch's lfm_2_to_meta leaves an lm_head.weight unmapped
-            tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-        )
-    return transformers.Qwen3_5TextConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=16, vocab_size=512, linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
-        linear_num_value_heads=4, max_position_embeddings=4096, tie_word_embeddings=False,
-        layer_types=["linear_attention", "full_attention"], bos_token_id=1, eos_token_id=2,
-    )
 
 
 @lru_cache(maxsize=None)
 def hf_checkpoint(family: str) -> Path:
     """The family's tiny model, random weights (sharp attention), written by ``save_pretrained``,
     with the synthetic tiny tokenizer of the family (BOS 1, EOS 2, as the configs say)."""
-    torch.manual_seed(0)
-    model = CAUSAL_LM[family](_hf_config(family)).eval()
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            scale, offset = (0.3, 1.0) if p.dim() == 1 else (0.2, 0.0)
-            p.copy_(offset + scale * torch.randn(p.shape, generator=gen))
-    path = A._ROOT / f"hf-{family}"
-    model.save_pretrained(path, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (path / name).write_bytes((synthetic_checkpoint(family) / name).read_bytes())
-    return path
+    def build(path: Path) -> None:
+        model = sharp_model(family)
+        model.save_pretrained(path, safe_serialization=True)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (path / name).write_bytes((synthetic_checkpoint(family) / name).read_bytes())
+
+    return A._once(f"hf-{family}-b-seed0-gen5", build)
 
 
 @lru_cache(maxsize=None)
 def synthetic_checkpoint(family: str) -> Path:
-    out = A._ROOT / f"synthetic-{family}"
-    fields = write_synthetic_checkpoint(out, family, "tiny", seed=0)
-    (out / "checkpoint.json").write_text(json.dumps({**fields, "source": "synthetic"}, sort_keys=True))
-    return out
+    def build(out: Path) -> None:
+        fields = write_synthetic_checkpoint(out, family, "tiny", seed=0)
+        (out / "checkpoint.json").write_text(json.dumps({**fields, "source": "synthetic"}, sort_keys=True))
+
+    return A._once(f"synthetic-{family}-tiny-seed0", build)
 
 
 @lru_cache(maxsize=None)
@@ -112,11 +80,10 @@ def exported(family: str) -> Path:
     Strict tracing, the step's default: non-strict differs by one operator for LFM2's
     convolution slice (``aten.slice.Tensor`` where strict traces ``aten.alias.default``).
     """
-    out = A._ROOT / f"export-{family}"
     params = dict(max_seq_len=SEQ, use_kv_cache=True, use_sdpa_with_kv_cache=True, enable_dynamic_shape=True)
-    ckpt = as_artifact(hf_checkpoint(family), "checkpoint", "ckpt")
-    run_step(ExportStep, params, {"checkpoint": ckpt}, out)
-    return out
+    ckpt = hf_checkpoint(family)
+    name = f"export-{ckpt.name}" + "".join(f"-{k}={params[k]}" for k in sorted(params))
+    return A._once(name, lambda out: run_step(ExportStep, params, {"checkpoint": as_artifact(ckpt, "checkpoint", "ckpt")}, out))
 
 
 def _tokens() -> torch.Tensor:
@@ -288,43 +255,3 @@ def test_same_program_as_executorch_export_llm(family, tmp_path):
         a = ep.module()(tokens, {"input_pos": torch.tensor([0])})
         b = their_gm(tokens, {"input_pos": torch.tensor([0])})
     torch.testing.assert_close(a, b, atol=0, rtol=0)
-
-
-# -- runtime: the .pte generates transformers' greedy tokens ------------------------------
-
-RUNNER_FAMILY = "lfm2"
-
-
-def test_fp32_pte_generates_the_transformers_greedy_tokens(tmp_path):
-    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
-    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
-    from tokenizers import Tokenizer
-
-    ckpt = hf_checkpoint(RUNNER_FAMILY)
-    # The program the test above checked, on ExecuTorch's portable kernels (XNNPACK's lowering is
-    # covered by tests/ml/test_runner.py; here it would only add time).
-    pte = A.lowered(exported(RUNNER_FAMILY), "portable", tag=RUNNER_FAMILY)
-    tokenizer = A.printable_tokenizer(ckpt / "tokenizer.json", tmp_path / "tokenizer.json")
-    tok = Tokenizer.from_file(str(tokenizer))
-
-    prompt = "The quick brown fox"
-    ids = tok.encode(prompt).ids  # BOS included by the tokenizer's template, as the runner adds it
-    max_new = SEQ - len(ids)  # the runner stops at max_context_len
-    assert max_new >= 5
-    runner = TextLLMRunner(str(pte / "model.pte"), str(tokenizer))
-    pieces: list[str] = []
-    config = GenerationConfig(echo=False, max_new_tokens=max_new, temperature=0.0, num_bos=1)
-    runner.generate(prompt, config, token_callback=pieces.append)
-
-    eos = set(json.loads((pte / "program.json").read_text())["metadata"]["get_eos_ids"])
-    model = CAUSAL_LM[RUNNER_FAMILY].from_pretrained(ckpt, dtype=torch.float32).eval()
-    expected: list[int] = []
-    with torch.no_grad():
-        for _ in range(max_new):
-            nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
-            expected.append(nxt)
-            ids.append(nxt)
-            if nxt in eos:
-                break
-    assert len(pieces) >= 3, pieces
-    assert pieces == [tok.decode([i], skip_special_tokens=False) for i in expected]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 PARENT_MB = 200
 
 # A parent that touches PARENT_MB of memory, then starts the measurement the
@@ -28,6 +30,7 @@ PARENT = textwrap.dedent(f"""
 """)
 
 
+@pytest.mark.slow
 def test_peak_rss_of_a_child_is_its_own_not_its_parents():
     run = subprocess.run([sys.executable, "-c", PARENT], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

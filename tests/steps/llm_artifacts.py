@@ -2,7 +2,8 @@
 
 Each builder is memoized, so test files that import this module share the
 work: one synthetic tiny llama3_2 checkpoint, one export (fp32, KV cache,
-custom SDPA, dynamic shapes), and the lowered programs derived from it.
+custom SDPA, dynamic shapes), and the lowered programs derived from it; and, for the
+runner's greedy-token check, each family's tiny checkpoint and its portable .pte.
 Under pytest-xdist the workers of one run share them too: they live in the
 directory tests/conftest.py names in ``MODELBUILD_TEST_SHARED``, and each is
 built by the first worker that needs it, under a file lock, while the others
@@ -78,6 +79,50 @@ def tiny_export(use_sdpa_with_kv_cache: bool = True, enable_dynamic_shape: bool 
     from modelbuild.steps.export import ExportStep
 
     return _once(name, lambda out: run_step(ExportStep, params, {"checkpoint": as_artifact(ckpt, "checkpoint", "tiny-llama-ckpt")}, out))
+
+
+#: The greedy-token checks multiply every matrix of a family's synthetic tiny checkpoint by this.
+#: At the synthetic normal(0, 0.02) the tied tiny models repeat one token forever and the untied
+#: ones pick each argmax by 4e-4; at 0.2 the continuations vary and the top two logits of every
+#: step stay at least 2e-3 apart (fp32 .pte and eager differ by ~1e-6).
+SHARPEN = 10.0
+
+
+@lru_cache(maxsize=None)
+def family_checkpoint(family: str) -> Path:
+    """The family's synthetic ``tiny`` HF checkpoint (its own tokenizer), matrices times :data:`SHARPEN`."""
+    from modelbuild.ml.llm.synthetic import write_synthetic_checkpoint
+
+    def build(out: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        fields = write_synthetic_checkpoint(out, family, "tiny", SEED)
+        weights = load_file(str(out / "model.safetensors"))
+        sharp = {name: t * SHARPEN if t.dim() >= 2 else t for name, t in weights.items()}  # norms, biases kept
+        save_file(sharp, str(out / "model.tmp"), metadata={"format": "pt"})
+        os.replace(out / "model.tmp", out / "model.safetensors")
+        (out / "checkpoint.json").write_text(json.dumps({**fields, "source": "synthetic", "sharpen": SHARPEN}, sort_keys=True))
+
+    return _once(f"ckpt-{family}-tiny-seed{SEED}-x{SHARPEN:g}", build)
+
+
+@lru_cache(maxsize=None)
+def family_pte(family: str) -> Path:
+    """:func:`family_checkpoint` through the export step (fp32, KV cache, custom SDPA, static shapes)
+    and the lower step (portable kernels).
+
+    Static shapes: the lowering takes about half the time of a dynamic-shape one, and the runner
+    then prefills one token at a time (its other path; the dynamic one is covered by the llama3_2
+    XNNPACK .pte here and the qwen2_5 one of tests/ml/test_families_a_export.py).
+    """
+    from modelbuild.steps.export import ExportStep
+
+    ckpt = family_checkpoint(family)
+    params = {"dtype": "fp32", "max_seq_len": MAX_SEQ_LEN, "use_kv_cache": True, "use_sdpa_with_kv_cache": True,
+              "enable_dynamic_shape": False}
+    name = f"export-{ckpt.name}" + "".join(f"-{k}={params[k]}" for k in sorted(params))
+    program = _once(name, lambda out: run_step(ExportStep, params, {"checkpoint": as_artifact(ckpt, "checkpoint", f"{family}-ckpt")}, out))
+    return lowered(program, "portable")
 
 
 def program_artifact(path: Path, target: str = "tiny-llama-export"):

@@ -132,3 +132,87 @@ def test_every_registered_family_reads_some_model_type():
     # One place for the mapping: every family says which config.json model_type it reads.
     for fam in FAMILIES.values():
         assert fam.hf_model_types, fam.name
+
+
+# -- while planning: a local checkpoint's files are read before anything runs ------------
+
+
+def _plan_and_build(project, recipe: str):
+    from modelbuild.api import plan
+
+    project.recipe(recipe)
+    row = next(r for r in plan(["ckpt"], project=project.root).rows if r.target == "ckpt")
+    result = project.build("ckpt", keep_going=True)
+    return row, result.targets["ckpt"]
+
+
+def test_declared_family_contradicting_a_local_config_json_fails_the_plan(project):
+    _hf_dir(project.root, "lfm", CONFIGS["lfm2"])
+    row, built = _plan_and_build(project, """
+        [targets.ckpt]
+        step = "fetch"
+        source = "ckpts/lfm"
+        family = "qwen3"
+    """)
+    line = "family = 'qwen3' contradicts ckpts/lfm/config.json: its model_type 'lfm2' is read by lfm2"
+    assert (row.decision, list(row.reasons)) == ("error", [line])
+    assert (built.status, built.reason) == ("failed", line)  # the build refuses it the same way, running nothing
+    assert not (project.root / "out" / "ckpt").exists()
+
+
+def test_declared_family_contradicting_a_local_gguf_fails_the_plan(project):
+    (project.root / "g").mkdir(parents=True)
+    _gguf(project.root / "g" / "model.gguf", "phi3")
+    row, built = _plan_and_build(project, """
+        [targets.ckpt]
+        step = "fetch"
+        source = "g/model.gguf"
+        family = "llama3_2"
+    """)
+    line = "family = 'llama3_2' contradicts g/model.gguf: its general.architecture 'phi3' is read by phi_4_mini"
+    assert (row.decision, list(row.reasons)) == ("error", [line])
+    assert (built.status, built.reason) == ("failed", line)
+
+
+def test_declared_family_consistent_with_a_local_checkpoint_plans_as_usual(project):
+    from modelbuild.api import plan
+
+    (project.root / "g").mkdir(parents=True)
+    _gguf(project.root / "g" / "model.gguf", "lfm2")
+    project.recipe("""
+        [targets.ckpt]
+        step = "fetch"
+        source = "g"
+        family = "lfm2"
+    """)
+    (row,) = plan(["ckpt"], project=project.root).rows
+    assert (row.decision, list(row.reasons)) == ("miss", ["new target"])
+
+
+def test_gguf_architecture_is_read_from_the_header_alone(tmp_path):
+    """The standard-library reader skips every value type on its way (arrays of strings, numbers, booleans)."""
+    from gguf import GGUFReader, GGUFWriter
+
+    from modelbuild.ml.llm.gguf_header import gguf_architecture
+
+    path = tmp_path / "late.gguf"
+    writer = GGUFWriter(str(path), "qwen35")
+    del writer.kv_data[0]["general.architecture"]  # written last here, so the reader must skip the rest
+    writer.add_token_list([f"t{i}" for i in range(300)])
+    writer.add_token_scores([0.5] * 300)
+    writer.add_head_count_kv([0, 2, 0])
+    writer.add_bool("x.flag", True)
+    writer.add_float64("x.f64", 1.5)
+    writer.add_array("x.nested", [[1, 2], [3]])
+    writer.add_architecture()
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert list(GGUFReader(str(path)).fields)[-1] == "general.architecture"
+    assert gguf_architecture(path) == "qwen35"
+    assert gguf_architecture(_gguf(tmp_path / "first.gguf", "phi3")) == "phi3"
+    (tmp_path / "not.gguf").write_bytes(b"PK\x03\x04" + b"\x00" * 32)
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        gguf_architecture(tmp_path / "not.gguf")

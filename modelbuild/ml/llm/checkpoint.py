@@ -115,13 +115,13 @@ def detect_format(path: Path) -> str:
             return fmt
     if (path / "config.json").exists() and list(path.glob("*.safetensors")):
         return "hf"
-    if (path / "params.json").exists() and list(path.glob("consolidated*.pth")):
+    if (path / "params.json").exists() and _meta_weights(path):
         return "meta"
     if list(path.glob("*.gguf")):
         return "gguf"
     raise CheckpointError(
         f"{path}: no checkpoint found (expected config.json + *.safetensors, "
-        "params.json + consolidated.00.pth, or one *.gguf)"
+        "params.json + consolidated.00.pth (or one *.pt), or one *.gguf)"
     )
 
 
@@ -253,12 +253,21 @@ def _hf_metadata(path: Path, config: dict) -> dict[str, Any]:
 # -- Meta ------------------------------------------------------------------
 
 
+def _meta_weights(path: Path) -> list[Path]:
+    """The weight files of a Meta-layout checkpoint: Meta's ``consolidated*.pth`` shards, else
+    a single ``*.pth`` / ``*.pt`` beside ``params.json`` (llama2.c's ``stories110M.pt``, which
+    ``export_llm`` takes for ``stories110m``: Meta's tensor names under a ``model`` key)."""
+    shards = sorted(path.glob("consolidated*.pth"))
+    return shards or sorted(p for p in path.iterdir() if p.suffix in (".pth", ".pt") and p.is_file())
+
+
 def _load_meta(path: Path, family_hint: str | None) -> LoadedCheckpoint:
     import torch
 
-    shards = sorted(path.glob("consolidated*.pth"))
+    shards = _meta_weights(path)
     if len(shards) != 1:
-        raise CheckpointError(f"{path}: expected one consolidated.00.pth, found {len(shards)} (sharded Meta checkpoints are not supported)")
+        raise CheckpointError(f"{path}: expected one consolidated.00.pth (or one *.pt), found {len(shards)} "
+                              "(sharded Meta checkpoints are not supported)")
     params = _read_json(path / "params.json")
     family = get_family(family_hint or "llama3_2")
     try:

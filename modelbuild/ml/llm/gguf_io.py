@@ -10,8 +10,11 @@ shape, keyed by llama.cpp's tensor names. Each tensor is dequantized by the
 ``Transformer`` (a ``LoadedCheckpoint``). What real files differ in:
 
 - the architecture (``general.architecture``): ``llama`` (Llama 2/3/3.1/3.2,
-  SmolLM2), ``qwen2`` (Qwen2.5), ``qwen3``. Anything else fails at once with
-  one line naming what was found and what is supported;
+  SmolLM2), ``qwen2`` (Qwen2.5), ``qwen3``, renamed straight to ExecuTorch's
+  names; ``phi3`` (Phi-4-mini), ``lfm2`` and ``qwen35`` (Qwen3.5), read back
+  into HF layout (:mod:`.gguf_hybrid`) and through the family's HF path.
+  Anything else fails at once with one line naming what was found and what
+  is supported;
 - the rotary layout: llama.cpp's converter un-permutes q/k rows for the llama
   architecture only (Meta's interleaved layout, what ExecuTorch's default
   rope wants); qwen2/qwen3 keep Hugging Face's layout, which their families
@@ -94,7 +97,8 @@ def load_gguf_checkpoint(path: Path, family_hint: str | None = None):
     unsupported file fails at once (``CheckpointError``, one line).
     """
     from .checkpoint import CheckpointError, LoadedCheckpoint, _tie_output
-    from .families import GGUF_TO_META, family_for_gguf, map_name
+    from .families import family_for_gguf
+    from .gguf_hybrid import HF_ROUTED_ARCHS
 
     path = Path(path)
     file = path if path.is_file() else None
@@ -109,17 +113,13 @@ def load_gguf_checkpoint(path: Path, family_hint: str | None = None):
         raise CheckpointError(f"{file.name}: {e}") from None
     try:
         fields, tensors = read_gguf(file)
-        args = family.model_args_from_gguf(fields)
-    except (KeyError, ValueError) as e:
+        if fields.get("general.architecture") in HF_ROUTED_ARCHS:
+            args, sd = _through_hf(family, fields, tensors)
+        else:
+            args = family.model_args_from_gguf(fields)
+            sd = _renamed(family, tensors)
+    except (KeyError, ValueError) as e:  # a missing key, an unexpected tensor
         raise CheckpointError(f"{file.name}: {e}") from None
-    sd: dict[str, Any] = {}
-    for name, t in tensors.items():
-        if name == "rope_freqs.weight":
-            continue
-        target = map_name(name, GGUF_TO_META)
-        if target is None:
-            raise CheckpointError(f"{file.name}: unexpected tensor {name} for family {family.name}")
-        sd[target] = t
     if "rope_freqs.weight" in tensors:
         args.update(_llama3_scaling_from_rope_freqs(tensors["rope_freqs.weight"], args, file.name))
         if not family_hint:  # the rope scale factor tells Llama 3.1 from 3.2
@@ -149,6 +149,40 @@ def load_gguf_checkpoint(path: Path, family_hint: str | None = None):
         metadata=metadata,
         checkpoint_dtype="fp32",
     )
+
+
+def _renamed(family, tensors: dict) -> dict[str, Any]:
+    """llama / qwen2 / qwen3 tensors: a rename to ExecuTorch's names (the layouts already agree)."""
+    from .families import GGUF_TO_META, map_name
+
+    sd: dict[str, Any] = {}
+    for name, t in tensors.items():
+        if name == "rope_freqs.weight":
+            continue
+        target = map_name(name, GGUF_TO_META)
+        if target is None:
+            raise ValueError(f"unexpected tensor {name} for family {family.name}")
+        sd[target] = t
+    return sd
+
+
+def _through_hf(family, fields: dict, tensors: dict) -> tuple[dict[str, Any], dict[str, Any]]:
+    """phi3 / lfm2 / qwen35: back to the HF config and weights, then the family's own HF path.
+
+    The family's ``hf_weights`` splits the fused tensors exactly as it does
+    for safetensors (see :mod:`.gguf_hybrid` for what llama.cpp changed).
+    """
+    from .gguf_hybrid import hf_config_from_gguf, hf_tensors_from_gguf
+
+    config = hf_config_from_gguf(fields, tensors)
+    args = family.model_args_from_hf(config)
+    sd: dict[str, Any] = {}
+    for name, t in hf_tensors_from_gguf(str(fields["general.architecture"]), tensors, config).items():
+        pairs = family.hf_weights(name, lambda t=t: t, args)
+        if pairs is None:
+            raise ValueError(f"unexpected tensor {name} (HF name) for family {family.name}")
+        sd.update(pairs)
+    return args, sd
 
 
 def _llama3_scaling_from_rope_freqs(factors, args: dict, where: str) -> dict[str, Any]:

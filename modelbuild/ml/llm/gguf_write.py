@@ -6,8 +6,10 @@ are permuted to Meta's interleaved layout for the ``llama`` architecture only
 written as ``tokenizer.ggml.*`` (SentencePiece ``"llama"`` from
 ``tokenizer.model``, else BPE ``"gpt2"`` from ``tokenizer.json`` with its
 pre-tokenizer name), with the chat template; llama3 rope scaling becomes a
-``rope_freqs`` tensor. Per-tensor types (``qtypes``) mix quantizations in one
-file as ``llama-quantize`` does. The conversion tests use it to make files
+``rope_freqs`` tensor. ``phi3``, ``lfm2`` and ``qwen35`` take their metadata
+keys and tensor transforms from :mod:`.gguf_write_hybrid` (llama.cpp's
+``Phi3MiniModel``, ``LFM2Model``, ``Qwen3_5TextModel``). Per-tensor types
+(``qtypes``) mix quantizations in one file as ``llama-quantize`` does. The conversion tests use it to make files
 they can check; reading is :mod:`.gguf_io`.
 
 Example::
@@ -54,6 +56,32 @@ def _llama3_rope_factors(config: dict, head_dim: int):
             smooth = (old_ctx / wavelen - low) / (high - low)
             out.append(1.0 / ((1 - smooth) / factor + smooth))
     return np.array(out, dtype=np.float32)
+
+
+def _write_llama_hparams(w, config: dict, arch: str) -> list:
+    """llama / qwen2 / qwen3 metadata; returns the generated tensors (llama3's ``rope_freqs``)."""
+    from .families import _rope_from_hf
+
+    rope = _rope_from_hf(config)
+    n_heads = config["num_attention_heads"]
+    dim = config["hidden_size"]
+    head_dim = config.get("head_dim") or dim // n_heads
+    w.add_context_length(int(config.get("max_position_embeddings", 2048)))
+    w.add_embedding_length(dim)
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(config.get("num_key_value_heads", n_heads))
+    if arch != "qwen2" or config.get("head_dim"):  # the Qwen2 converter writes no key length
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(float(rope["rope_theta"]))
+    w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-5)))
+    w.add_vocab_size(config["vocab_size"])
+    if rope.get("use_scaled_rope"):  # llama.cpp stores llama3 rope scaling as per-frequency divisors
+        return [("rope_freqs.weight", _llama3_rope_factors(config, head_dim))]
+    return []
 
 
 def _write_bpe_vocab(w, hf_dir: Path, pre: str | None) -> None:
@@ -146,41 +174,33 @@ def write_gguf_from_hf(
     ``tokenizer.json`` (BPE); ``tokenizer_config.json``'s ``chat_template`` is copied.
     """
     import numpy as np
-    from gguf import MODEL_ARCH, GGMLQuantizationType, GGUFWriter, LlamaFileType, get_tensor_name_map
+    from gguf import GGML_QUANT_SIZES, MODEL_ARCH, GGMLQuantizationType, GGUFWriter, LlamaFileType, get_tensor_name_map
     from gguf.quants import quantize
     from safetensors import safe_open
 
+    from . import gguf_write_hybrid as hybrid
     from .checkpoint import hf_to_meta_qk
-    from .families import _rope_from_hf
 
     config = json.loads((hf_dir / "config.json").read_text())
     model_type = config.get("model_type", "llama")
-    if model_type not in GGUF_ARCH_OF_MODEL_TYPE:
+    arch = GGUF_ARCH_OF_MODEL_TYPE.get(model_type) or hybrid.HYBRID_ARCH_OF_MODEL_TYPE.get(model_type)
+    if arch is None:
         raise ValueError(f"no GGUF writer for model_type '{model_type}'")
-    arch = GGUF_ARCH_OF_MODEL_TYPE[model_type]
-    rope = _rope_from_hf(config)
-    n_heads = config["num_attention_heads"]
-    n_kv = config.get("num_key_value_heads", n_heads)
-    dim = config["hidden_size"]
-    head_dim = config.get("head_dim") or dim // n_heads
-    n_layers = config["num_hidden_layers"]
-    names = get_tensor_name_map({"llama": MODEL_ARCH.LLAMA, "qwen2": MODEL_ARCH.QWEN2, "qwen3": MODEL_ARCH.QWEN3}[arch], n_layers)
+    text = hybrid.text_config(config)
+    n_heads = text["num_attention_heads"]
+    n_kv = text.get("num_key_value_heads", n_heads)
+    arch_enum = {"llama": MODEL_ARCH.LLAMA, "qwen2": MODEL_ARCH.QWEN2, "qwen3": MODEL_ARCH.QWEN3,
+                 "phi3": MODEL_ARCH.PHI3, "lfm2": MODEL_ARCH.LFM2, "qwen35": MODEL_ARCH.QWEN35}[arch]
+    names = get_tensor_name_map(arch_enum, text["num_hidden_layers"])
 
     w = GGUFWriter(str(out), arch)
     w.add_name(name)
-    w.add_context_length(int(config.get("max_position_embeddings", 2048)))
-    w.add_embedding_length(dim)
-    w.add_block_count(n_layers)
-    w.add_feed_forward_length(config["intermediate_size"])
-    w.add_head_count(n_heads)
-    w.add_head_count_kv(n_kv)
-    if arch != "qwen2" or config.get("head_dim"):  # the Qwen2 converter writes no key length
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(rope["rope_theta"]))
-    w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-5)))
-    w.add_vocab_size(config["vocab_size"])
+    extras: list = []
+    if arch in GGUF_ARCH_OF_MODEL_TYPE.values():
+        extras = _write_llama_hparams(w, config, arch)
+    else:
+        hybrid.write_hparams(w, config, arch)
+        extras = hybrid.extra_tensors(config, arch)
     w.add_file_type(getattr(LlamaFileType, "ALL_F32" if qtype == "F32" else f"MOSTLY_{qtype}"))
 
     special: dict[str, int] = {}
@@ -201,9 +221,8 @@ def write_gguf_from_hf(
     if template:
         w.add_chat_template(template)
 
-    if rope.get("use_scaled_rope"):
-        # llama.cpp stores llama3 rope scaling as per-frequency divisors.
-        w.add_tensor("rope_freqs.weight", _llama3_rope_factors(config, head_dim))
+    for extra_name, extra in extras:  # generated tensors come first, as in the converter
+        w.add_tensor(extra_name, extra)
 
     qtypes = dict(qtypes or {})
     raw = dict(raw or {})
@@ -211,6 +230,12 @@ def write_gguf_from_hf(
     for file in files:
         with safe_open(str(file), framework="pt") as f:
             for key in sorted(f.keys()):
+                t = f.get_tensor(key).float()
+                if arch in hybrid.HYBRID_ARCH_OF_MODEL_TYPE.values():
+                    done = hybrid.converted(arch, key, t, config)
+                    if done is None:
+                        continue
+                    key, t = done
                 gguf_name = names.get_name(key, try_suffixes=(".weight", ".bias"))
                 if gguf_name is None:
                     raise ValueError(f"no GGUF name for {key}")
@@ -218,7 +243,6 @@ def write_gguf_from_hf(
                     blocks, raw_type = raw.pop(gguf_name)
                     w.add_tensor(gguf_name, blocks, raw_dtype=getattr(GGMLQuantizationType, raw_type))
                     continue
-                t = f.get_tensor(key).float()
                 # llama.cpp's LlamaModel.permute, for the llama architecture only.
                 if arch in PERMUTED_ARCHS and key.endswith("self_attn.q_proj.weight"):
                     t = hf_to_meta_qk(t, n_heads)
@@ -226,6 +250,9 @@ def write_gguf_from_hf(
                     t = hf_to_meta_qk(t, n_kv)
                 arr = t.numpy().astype(np.float32)
                 kind = next((q for pat, q in qtypes.items() if fnmatch.fnmatchcase(gguf_name, pat)), qtype)
+                block = GGML_QUANT_SIZES[getattr(GGMLQuantizationType, kind)][0] if kind not in ("F32", "F16") else 1
+                if gguf_name.endswith(hybrid.KEEP_F32) or arr.shape[-1] % block:
+                    kind = "F32"  # as the converter: convolution kernels and rows no block fits stay F32
                 if arr.ndim == 1 or kind == "F32":
                     w.add_tensor(gguf_name, arr)
                 elif kind == "F16":

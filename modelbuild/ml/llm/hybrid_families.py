@@ -290,7 +290,7 @@ _family(
     hf_model_types=("phi3",),
     # Phi-4-mini-instruct: <|endoftext|> = 199999 is BOS, <|end|> = 200020 ends a turn.
     default_metadata={"get_bos_id": 199999, "get_eos_ids": [200020, 199999]},
-    gguf_archs=(),
+    gguf_archs=("phi3",),  # read back into HF layout by gguf_hybrid
 )
 _family(
     "lfm2",
@@ -301,7 +301,7 @@ _family(
     hf_model_types=("lfm2",),
     # LFM2: <|startoftext|> = 1, <|im_end|> = 7.
     default_metadata={"get_bos_id": 1, "get_eos_ids": [7]},
-    gguf_archs=(),
+    gguf_archs=("lfm2",),
 )
 _family(
     "qwen3_5",
@@ -310,5 +310,5 @@ _family(
     _qwen3_5_weights,
     hf_rope=True,
     hf_model_types=("qwen3_5", "qwen3_5_text"),
-    gguf_archs=(),
+    gguf_archs=("qwen35",),
 )

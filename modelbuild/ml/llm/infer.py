@@ -13,6 +13,7 @@ Example::
 
     infer_family(Path("out/ckpt"), "hf", declared=None)      # -> "phi_4_mini"
     infer_family(Path("out/ckpt"), "hf", declared="qwen3")   # ValueError: contradicts config.json
+    check_declared(Path("ckpts/x/model.gguf"), "qwen3")      # the same check, cheap enough for planning
 
 Imports no torch (the ``gguf`` package, numpy-based, only for GGUF files).
 """
@@ -22,9 +23,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .families import FAMILIES, family_for_gguf, family_for_hf_config, get_family
+from .families import FAMILIES, family_for_gguf, family_for_hf_config, get_family, gguf_archs
 
-__all__ = ["FamilyMismatch", "infer_family"]
+__all__ = ["FamilyMismatch", "infer_family", "check_declared", "check_local"]
 
 
 class FamilyMismatch(ValueError):
@@ -54,7 +55,64 @@ def infer_family(root: Path, fmt: str, declared: str | None) -> tuple[str | None
     )
 
 
-def _from_hf(config_path: Path, declared: str | None) -> tuple[str | None, str]:
+def check_declared(path: Path, declared: str, label: str | None = None) -> None:
+    """Raise :class:`FamilyMismatch` when ``path`` (a ``config.json`` or a ``.gguf`` file) contradicts ``declared``.
+
+    Cheap enough for planning (``fetch`` calls it for local sources before
+    anything runs): it reads ``config.json``, or a GGUF header only up to its
+    ``general.architecture`` key (:mod:`.gguf_header`, no numpy). ``label``
+    names the file in the message (default: its name). A file that cannot be
+    read passes: the fetch itself reports it.
+    """
+    path = Path(path)
+    label = label or path.name
+    family = get_family(declared)
+    if path.suffix != ".gguf":
+        if path.exists():
+            _from_hf(path, declared, label)
+        return
+    from .gguf_header import gguf_architecture
+
+    try:
+        arch = gguf_architecture(path)
+    except (OSError, ValueError):
+        return
+    if arch not in family.gguf_archs:
+        raise FamilyMismatch(_gguf_mismatch(declared, label, arch))
+
+
+def check_local(root: Path, declared: str, source: str, files: list[str] | None = None) -> None:
+    """:func:`check_declared` on what a fetch of the local ``source`` (at ``root``) will take.
+
+    ``root`` is a ``.gguf`` file or a directory: its ``config.json``, else its
+    only ``*.gguf``, counted only if the ``files`` patterns take it. Anything
+    else (a Meta checkpoint, nothing there yet) is left to the fetch.
+    """
+    from modelbuild.ml.filetree import matches
+
+    def taken(name: str) -> bool:
+        return not files or matches(name, list(files))
+
+    root = Path(root)
+    if root.is_file():
+        if root.suffix == ".gguf":
+            check_declared(root, declared, label=source)
+        return
+    if (root / "config.json").is_file() and taken("config.json"):
+        check_declared(root / "config.json", declared, label=f"{source.rstrip('/')}/config.json")
+        return
+    ggufs = sorted(p for p in root.glob("*.gguf") if taken(p.name)) if root.is_dir() else []
+    if len(ggufs) == 1:
+        check_declared(ggufs[0], declared, label=f"{source.rstrip('/')}/{ggufs[0].name}")
+
+
+def _gguf_mismatch(declared: str, label: str, arch: str | None) -> str:
+    readers = ", ".join(gguf_archs().get(str(arch), [])) or "no family"
+    return f"family = '{declared}' contradicts {label}: its general.architecture '{arch}' is read by {readers}"
+
+
+def _from_hf(config_path: Path, declared: str | None, label: str | None = None) -> tuple[str | None, str]:
+    label = label or config_path.name
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -73,7 +131,7 @@ def _from_hf(config_path: Path, declared: str | None) -> tuple[str | None, str]:
     except ValueError:
         readers = ", ".join(f.name for f in FAMILIES.values() if model_type in f.hf_model_types) or "no family"
         raise FamilyMismatch(
-            f"family = '{declared}' contradicts {config_path.name}: its model_type '{model_type}' is read by {readers}"
+            f"family = '{declared}' contradicts {label}: its model_type '{model_type}' is read by {readers}"
         ) from None
     note = "" if inferred is None or inferred.name == declared else f" (the files alone suggest '{inferred.name}')"
     return declared, f"family '{declared}' as declared, consistent with {config_path.name}{note}"
@@ -119,7 +177,7 @@ def _from_gguf(path: Path, declared: str | None) -> tuple[str | None, str]:
         return inferred.name, f"family '{inferred.name}' inferred from {path.name} (general.architecture '{arch}')"
     try:
         family_for_gguf(fields, declared, rope_factor=factor)
-    except ValueError as err:
-        raise FamilyMismatch(f"family = '{declared}' contradicts {path.name}: {err}") from None
+    except ValueError:
+        raise FamilyMismatch(_gguf_mismatch(declared, path.name, arch)) from None
     note = "" if inferred is None or inferred.name == declared else f" (the file alone suggests '{inferred.name}')"
     return declared, f"family '{declared}' as declared, consistent with {path.name}{note}"

@@ -166,6 +166,7 @@ SIZES_B: dict[str, dict[str, dict[str, Any]]] = {
             "linear_num_key_heads": 2,
             "linear_num_value_heads": 4,
             "layer_types": ["linear_attention", "full_attention"],
+            "full_attention_interval": 2,  # says the same as layer_types (what llama.cpp's qwen35 GGUF keeps)
             "vocab_size": 512,
             "max_position_embeddings": 4096,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25},

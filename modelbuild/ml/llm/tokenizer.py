@@ -10,7 +10,7 @@ round-trips any text, because every byte is in the base alphabet.
 rebuilds a ``tokenizer.json`` from a BPE vocabulary and merge list, with the
 normalizer and pre-tokenizer that the file's ``tokenizer.ggml.pre`` names
 (:data:`PRE_TOKENIZERS`: llama.cpp's names for the splitting rules of
-Llama 3, Qwen2, SmolLM, GPT-2). :func:`sentencepiece_model_from_vocab`
+Llama 3 and LFM2, Qwen2, Qwen3.5, GPT-4o's o200k (Phi-4-mini), SmolLM, GPT-2). :func:`sentencepiece_model_from_vocab`
 rebuilds a SentencePiece ``tokenizer.model`` from a GGUF ``"llama"``
 vocabulary (pieces, scores, types), which the ExecuTorch runner reads as it
 reads Llama 2's own file.
@@ -137,6 +137,17 @@ _LLAMA3_REGEX = (
 )
 #: Qwen2's: the same, but every digit on its own.
 _QWEN2_REGEX = _LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
+#: Qwen3.5's: Qwen2's with combining marks (\p{M}) kept with the letters (llama.cpp's "qwen35").
+_QWEN35_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+#: o200k's (GPT-4o; Phi-4-mini's tokenizer.json), llama.cpp's "gpt-4o": case-aware words, / kept with punctuation.
+_O200K_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def _split_then_bytes(regex: str, trim_offsets: bool) -> dict:
@@ -158,6 +169,10 @@ PRE_TOKENIZERS: dict[str, tuple[dict | None, dict]] = {
     "llama-bpe": (None, _split_then_bytes(_LLAMA3_REGEX, True)),
     "llama3": (None, _split_then_bytes(_LLAMA3_REGEX, True)),
     "qwen2": ({"type": "NFC"}, _split_then_bytes(_QWEN2_REGEX, False)),
+    "qwen35": ({"type": "NFC"}, _split_then_bytes(_QWEN35_REGEX, False)),
+    "gpt-4o": (None, _split_then_bytes(_O200K_REGEX, True)),
+    # llama.cpp reads LFM2's "lfm2" with Llama 3's splitting rules.
+    "lfm2": (None, _split_then_bytes(_LLAMA3_REGEX, True)),
     "smollm": (
         None,
         {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _GPT2]},
@@ -165,11 +180,15 @@ PRE_TOKENIZERS: dict[str, tuple[dict | None, dict]] = {
 }
 
 
+#: Names that share another name's rules: recognition answers the other one.
+_ALIASES = ("default", "llama3", "lfm2")
+
+
 def pre_tokenizer_name(tokenizer_json: dict) -> str:
     """The llama.cpp ``tokenizer.ggml.pre`` name of a tokenizer.json's splitting rules ("gpt2" if unknown)."""
     pair = (tokenizer_json.get("normalizer"), tokenizer_json.get("pre_tokenizer"))
     for name, (norm, pre) in PRE_TOKENIZERS.items():
-        if name not in ("default", "llama3") and _same(pair, (norm, pre)):
+        if name not in _ALIASES and _same(pair, (norm, pre)):
             return name
     return "gpt2"
 

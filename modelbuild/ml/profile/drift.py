@@ -17,6 +17,13 @@ ops it holds), not one of its ops; a ``portable`` lowering names the op.
 
 What it can see: drift that lowering, the backend or the runtime introduce
 (a kernel bug, a broken weight in the file, fp16 overflow in a delegate).
+For a KV-cache LLM it looks at two decode calls, position 0 and a later one
+(:data:`LATER_POSITION`, each on a fresh cache in both programs): at
+position 0 the rotary embedding is the identity and attention sees one
+cache entry, so drift in position-dependent code (rope tables, the cache
+update's index, the mask) shows only at the later one. A drift that needs
+real values already in the cache (a wrong read of earlier entries that
+fresh, zeroed entries hide) is outside what one call can show.
 What it cannot: drift already in the exported program (quantization is
 compared against the quantized program); the validate report's cosine
 against the original model covers that.
@@ -35,11 +42,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["measure_drift", "DEFAULT_DEBUG_BUFFER"]
+__all__ = ["measure_drift", "locate", "DEFAULT_DEBUG_BUFFER", "LATER_POSITION"]
 
 #: Bytes for the recorded intermediate outputs (at least; grows with the memory plan).
 DEFAULT_DEBUG_BUFFER = 64 << 20
 _MAX_DEBUG_BUFFER = 1 << 30
+#: A KV-cache LLM's second decode call checked (or the reference's last position before it).
+LATER_POSITION = 7
 
 
 def _tensors(value) -> list:
@@ -170,7 +179,11 @@ def measure_drift(pte: Path, etrecord: Path, inputs: tuple, work: Path, *, label
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             inspector = Inspector(etdump_path=str(run.etdump), etrecord=record, debug_buffer_path=str(run.debug))
-            frame = inspector.calculate_numeric_gap("MSE", disable_debug_handle_valdiation=True)
+            # With the debug-handle check on, the Inspector falls back to the edge program as the
+            # reference where the handles do not reach back into the exported program (an LLM's
+            # symbolic shapes): forcing the exported program there pairs nothing, and the locator
+            # would say nothing.
+            frame = inspector.calculate_numeric_gap("MSE")
     finally:
         quiet.setLevel(level)
     nodes = _node_index(record)
@@ -190,8 +203,23 @@ def measure_drift(pte: Path, etrecord: Path, inputs: tuple, work: Path, *, label
             "input": label, "ops": rows}
 
 
+def locate(pte: Path, etrecord: Path, calls: list, work: Path) -> dict[str, Any]:
+    """:func:`measure_drift` on ``calls[0]``; for a KV-cache LLM also on a later decode call, as ``"later"``.
+
+    ``calls`` come from :func:`modelbuild.ml.profile.inputs.program_calls`
+    (ask for ``LATER_POSITION + 1`` of them); the later call is the last one
+    at or before ``LATER_POSITION``.
+    """
+    drift = measure_drift(pte, etrecord, calls[0].inputs, work / "first", label=calls[0].label)
+    later = [c for c in calls[1:] if c.position is not None and c.position <= LATER_POSITION]
+    if calls[0].position == 0 and later:
+        more = measure_drift(pte, etrecord, later[-1].inputs, work / "later", label=later[-1].label)
+        drift["later"] = {"input": more["input"], "ops": more["ops"]}
+    return drift
+
+
 def locate_in_artifact(pte_dir: Path, ref_dir: Path, work: Path) -> dict[str, Any] | None:
-    """:func:`measure_drift` for a pte artifact (with its ETRecord) on the reference's first call; None without one."""
+    """:func:`locate` for a pte artifact (with its ETRecord) on the reference's calls; None without one."""
     from modelbuild.devtools import ETRECORD_FILE
 
     from .inputs import program_calls, program_json
@@ -199,7 +227,7 @@ def locate_in_artifact(pte_dir: Path, ref_dir: Path, work: Path) -> dict[str, An
     etrecord = Path(pte_dir) / ETRECORD_FILE
     if not etrecord.exists():
         return None
-    calls = program_calls(Path(ref_dir), program_json(Path(pte_dir)), 1)
+    calls = program_calls(Path(ref_dir), program_json(Path(pte_dir)), LATER_POSITION + 1)
     if not calls:
         return None
-    return measure_drift(Path(pte_dir) / "model.pte", etrecord, calls[0].inputs, work, label=calls[0].label)
+    return locate(Path(pte_dir) / "model.pte", etrecord, calls, work)

@@ -36,6 +36,8 @@ class Call:
     inputs: tuple
     expected: list[np.ndarray]
     label: str
+    #: A KV-cache LLM's decode call: the token's position (None for other programs).
+    position: int | None = None
 
 
 def _module_calls(ref_dir: Path, ref: dict, limit: int) -> list[Call]:
@@ -64,7 +66,7 @@ def _llm_calls(ref_dir: Path, ref: dict, program: dict[str, Any], limit: int) ->
     max_ctx = int(meta.get("get_max_context_len") or meta.get("get_max_seq_len") or program.get("max_seq_len") or 128)
     n = min(len(ids), limit, max_ctx - 1)
     return [Call(inputs=(torch.tensor([[ids[p]]], dtype=torch.long), torch.tensor([p], dtype=torch.long)),
-                 expected=[logits[p]], label=f"prompt 0, position {p}") for p in range(n)]
+                 expected=[logits[p]], label=f"prompt 0, position {p}", position=p) for p in range(n)]
 
 
 def program_calls(ref_dir: Path, program: dict[str, Any], limit: int) -> list[Call]:

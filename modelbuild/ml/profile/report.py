@@ -25,7 +25,7 @@ from typing import Any
 from modelbuild.step import write_json
 
 __all__ = ["PROFILE_VERSION", "TOP", "summarize", "write_profile", "render_profile_md", "bar_svg",
-           "first_drift", "describe_drift"]
+           "first_drift", "describe_drift", "first_drift_of"]
 
 PROFILE_VERSION = 1
 #: Rows in the "top by total time" table and chart.
@@ -181,6 +181,18 @@ def first_drift(ops: list[dict[str, Any]], min_cosine: float) -> dict[str, Any] 
     return None
 
 
+def first_drift_of(drift: dict[str, Any], min_cosine: float) -> tuple[dict[str, Any] | None, str]:
+    """(row, where) for :func:`modelbuild.ml.profile.drift.locate`'s figures: the first call's first
+    drifting row, else the later call's; ``where`` says which call when it is the later one."""
+    row = first_drift(drift.get("ops") or [], min_cosine)
+    later = drift.get("later")
+    if row is None and later:
+        row = first_drift(later.get("ops") or [], min_cosine)
+        if row is not None:
+            return row, f"at {later['input']}, none at {drift.get('input') or 'the first call'}"
+    return row, ""
+
+
 def describe_drift(row: dict[str, Any] | None) -> str:
     """"aten.linear in layers.3.attention.wo, cosine 0.91" (a delegate call says which partition)."""
     if row is None:
@@ -204,8 +216,12 @@ def drift_note(drift: dict[str, Any] | None, min_cosine: float | None) -> tuple[
     """
     if not drift or not drift.get("ops") or min_cosine is None:
         return "", None
-    row = first_drift(drift["ops"], min_cosine)
+    row, where = first_drift_of(drift, min_cosine)
     if row is None:
+        if drift.get("later"):  # an LLM: two fresh-cache calls cannot see a bad read of real cache entries
+            return (f"no operator of the .pte drifts below cosine {min_cosine:g} from the program it was lowered "
+                    f"from at {drift['input']} or {drift['later']['input']}: the drift is upstream of lowering, "
+                    "or shows only with earlier entries in the KV cache", None)
         return (f"no operator of the .pte drifts below cosine {min_cosine:g} from the program it was lowered "
                 "from: the drift is upstream of lowering", None)
-    return f"first drift: {describe_drift(row)}", row
+    return f"first drift: {describe_drift(row)}" + (f" ({where})" if where else ""), row
