@@ -253,10 +253,7 @@ class FetchStep(Step):
         header's first key: microseconds, no torch. What is not there (yet) is
         left to the fetch.
         """
-        try:
-            from modelbuild.ml.llm.infer import FamilyMismatch, check_local  # light: no torch
-        except ImportError:
-            return
+        from modelbuild.ml.llm.infer import FamilyMismatch, check_local  # light: no torch
         source = self.sources(params)[0]
         try:
             check_local(project / source, params.family, source, list(params.files))
