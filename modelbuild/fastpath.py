@@ -47,14 +47,14 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["try_noop", "record_noop", "forget_all", "import_path", "FORMAT"]
+__all__ = ["try_noop", "record_noop", "forget_all", "import_path", "process_start_ns", "FORMAT"]
 
 FORMAT = 3
 _ENV = ("MODELBUILD_HOST_PLATFORM", "MODELBUILD_CACHE_DIR", "PATH")
 #: A file modified this close to the build's start (or later) is not trusted
 #: (the racy rule; the same 2 s as hashing.RACY_MARGIN_NS, for the same reasons).
 _RACY_NS = 2_000_000_000
-#: When this module was loaded (see _process_start_ns).
+#: When this module was loaded (see process_start_ns).
 _LOADED_NS = time.time_ns()
 #: Indices of mtime_ns and ctime_ns in a signature.
 _MTIME, _CTIME = 3, 4
@@ -70,18 +70,26 @@ def _signature(path: str) -> list[int] | None:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _process_start_ns() -> int:
+def process_start_ns() -> int:
     """When this process started, or when this module was loaded if earlier
     or if the system cannot say: a bound from below of when the build began
     reading recipes and sources. Earlier is safe (more files count as racy);
-    later would not be, whatever order the CLI imports things in."""
+    later would not be, whatever order the CLI imports things in.
+
+    The process's age is measured on the clock its start time is kept in
+    (clock ticks since boot, CLOCK_BOOTTIME) and taken from the wall clock
+    now. Adding the start to /proc/stat's ``btime`` instead would be off by
+    up to a second, since btime is whole seconds: enough to make a file
+    written just before this process started look older than it is.
+    """
     try:
         with open("/proc/self/stat", "rb") as fh:
             ticks = int(fh.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
-        with open("/proc/stat", "rb") as fh:
-            boot_s = next(int(line.split()[1]) for line in fh if line.startswith(b"btime "))
-        started = boot_s * 10**9 + ticks * 10**9 // os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        hz = os.sysconf("SC_CLK_TCK")
+        # (ticks + 1): the start is truncated to a whole tick; round the age up.
+        age_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - ticks * 10**9 // hz + 10**9 // hz
+        started = time.time_ns() - age_ns
+    except (OSError, ValueError, IndexError, AttributeError):
         return _LOADED_NS
     return min(started, _LOADED_NS)
 
@@ -199,7 +207,7 @@ def record_noop(result, *, project: str | None, recipes: str | None, cache_dir: 
     state = {
         "identity": identity,
         "targets": len(result.targets),
-        "started_ns": _process_start_ns() if started_ns is None else started_ns,
+        "started_ns": process_start_ns() if started_ns is None else started_ns,
         "valid_until_ns": getattr(result, "valid_until_ns", None),
         "watch": sorted([p, sig if sig is not None else _signature(p)] for p, sig in watched.items()),
     }

@@ -289,9 +289,9 @@ def _entry_of(graph: BuildGraph, registry: Registry, index: CodeIndex, binder: S
 def _trusted_before_ns() -> int:
     """A code file last changed before this instant is the one this process imported:
     the process's start (when its first module was read) minus the racy margin."""
-    from .fastpath import _process_start_ns
+    from .fastpath import process_start_ns
 
-    return _process_start_ns() - _RACY_NS
+    return process_start_ns() - _RACY_NS
 
 
 def _reloads(node: Node) -> bool:

@@ -341,7 +341,20 @@ def test_the_default_start_is_no_later_than_the_process_start():
     """record_noop's default "build start" must not depend on when the CLI
     happens to import the fast path: it is the process's own start."""
     probe = ("import time; t = time.time_ns(); import modelbuild.fastpath as f; "
-             "print(t - f._process_start_ns())")
+             "print(t - f.process_start_ns())")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     before = int(out.stdout)
     assert 0 <= before < 10 * 10**9
+
+
+def test_the_process_start_is_exact_to_a_clock_tick():
+    """The start is not rounded down by up to a second (as adding the start
+    tick to /proc/stat's whole-second btime would be): a file written just
+    before the previous build started would then count as racy, and a no-op
+    after a 2 s pause would take the full path (CI saw exactly that)."""
+    probe = "import time; t = time.time_ns(); import modelbuild.fastpath as f; print(f.process_start_ns(), t)"
+    spawned = time.time_ns()
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    start, child_now = map(int, out.stdout.split())
+    tick = 10**9 // os.sysconf("SC_CLK_TCK")
+    assert spawned - 2 * tick <= start <= child_now
