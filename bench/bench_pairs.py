@@ -41,6 +41,15 @@ Usage::
     .venv/bin/python bench/bench_pairs.py --config llama-1b-ios --pairs 3 --workdir /tmp/pairs
     .venv/bin/python bench/bench_pairs.py --config smollm2-fp32 smollm2-8da4w --pairs 5 --workdir /tmp/pairs
     .venv/bin/python bench/bench_pairs.py --config smollm2-fp32 --size tiny --pairs 1 --workdir /tmp/p   # smoke test
+    .venv/bin/python bench/bench_pairs.py --config smollm2-8da4w --pairs 3 --workdir /tmp/pairs --resume
+
+Every finished run's figures are written to ``run-<config>-<pair>-<tool>.json``
+in the work directory. With ``--resume``, a run whose record is there (and
+says it succeeded, with its ``.pte`` still in place) is read back instead of
+run again, so a long series stopped part way (a 135M 8da4w pair takes about
+an hour on 2 cores) is finished later without repeating what was measured;
+the printed line says "(recorded)". The pair order (A B, B A, ...) is the
+same either way.
 
 The 1B config needs up to ~9 GB of RAM per run; a 135M pair takes 10-20
 minutes on 2 cores. Run it on an otherwise idle machine: the load averages
@@ -285,7 +294,17 @@ def steps_of(report: Path) -> list[tuple[str, str, float, float]]:
     return [(n, t["status"], t["duration_s"], (t.get("peak_rss_bytes") or 0) / MB) for n, t in data["targets"].items()]
 
 
+def recorded(work: Path, tag: str) -> Run | None:
+    """The figures of an earlier successful run ``tag`` whose .pte is still there, or None."""
+    try:
+        run = Run(**json.loads((work / f"run-{tag}.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return run if run.ok and run.pte and Path(run.pte).exists() else None
+
+
 def run_tool(tool: str, config: str, paths: dict, work: Path, tag: str, seq: int, env: dict, cgroup: Path | None) -> Run:
+    (work / f"run-{tag}.json").unlink(missing_ok=True)
     if tool == "modelbuild":
         cmd, report, pte = modelbuild_cmd(config, paths, work, tag, seq)
         run = measure(tool, cmd, ROOT, work / f"log-{tag}.txt", env, cgroup)
@@ -297,6 +316,7 @@ def run_tool(tool: str, config: str, paths: dict, work: Path, tag: str, seq: int
     run.pte = str(pte) if pte.exists() else ""
     if run.ok and not pte.exists():
         run.ok, run.detail = False, f"no .pte at {pte}"
+    (work / f"run-{tag}.json").write_text(json.dumps(asdict(run), indent=1))
     return run
 
 
@@ -458,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cgroup", type=Path, help="a writable cgroup directory: one child cgroup per run, its peak printed")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--resume", action="store_true",
+                        help="read back the runs already recorded in --workdir instead of running them again")
     args = parser.parse_args(argv)
 
     work = args.workdir.resolve()
@@ -474,8 +496,10 @@ def main(argv: list[str] | None = None) -> int:
             order = ("modelbuild", "export_llm") if i % 2 == 0 else ("export_llm", "modelbuild")
             runs = {}
             for tool in order:
-                runs[tool] = run_tool(tool, config, paths, work, f"{config}-{i}-{tool}", args.max_seq_len, env, args.cgroup)
-                print(run_line(i, runs[tool]), flush=True)
+                tag = f"{config}-{i}-{tool}"
+                earlier = recorded(work, tag) if args.resume else None
+                runs[tool] = earlier or run_tool(tool, config, paths, work, tag, args.max_seq_len, env, args.cgroup)
+                print(run_line(i, runs[tool]) + ("  (recorded)" if earlier else ""), flush=True)
             pairs.append((runs["modelbuild"], runs["export_llm"]))
             lines = summary(f"{config} ({size})", pairs, args.threads)
             print("\n".join(lines), flush=True)  # after every pair: a series cut short still has its summary
