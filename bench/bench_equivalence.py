@@ -11,13 +11,23 @@ continues with fresh sequences, so one run reports every kind of hole it met.
 
 It prints how many sequences, steps, builds, kills and concurrent edits ran,
 where the time went, and one block per distinct failure. Exit status 1 if
-any failure was found. MODELBUILD_EQUIV_SKIP=rule,rule leaves rules out
+any failure was found.
+
+Every finished chunk of sequences is also appended to a ledger
+(``--ledger``, default ``bench/_work/equivalence-ledger.jsonl``: the date, the
+commit and whether the work tree was clean, sequences, steps, failures), and
+the run ends by printing the ledger's totals per commit. A long profile of
+2,000 sequences (about 8 hours on 2 cores) can so be run in parts, each part
+counted against the code it ran on; a run that is killed keeps the chunks it
+finished. MODELBUILD_EQUIV_SKIP=rule,rule leaves rules out
 (for triage of a known hole only).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +51,8 @@ def main() -> int:
     ap.add_argument("--max-targets", type=int, default=12, help="graph size limit (default 12; starts with 3..this)")
     ap.add_argument("--chunk", type=int, default=20, help="sequences per hypothesis run (default 20)")
     ap.add_argument("--shrink", action="store_true", help="minimize each failure (slow: many extra builds)")
+    ap.add_argument("--ledger", type=Path, default=ROOT / "bench" / "_work" / "equivalence-ledger.jsonl",
+                    help="append each finished chunk here and print the totals per commit")
     args = ap.parse_args()
 
     machine.CONFIG.update(init_targets=(3, args.max_targets), max_targets=args.max_targets)
@@ -49,10 +61,13 @@ def main() -> int:
     deadline = start + args.minutes * 60 if args.minutes else None
     failures: dict[str, list[str]] = {}
     runs = 0
+    commit = _commit()
     while machine.STATS["sequences"] < args.sequences and (deadline is None or time.monotonic() < deadline):
         chunk = min(args.chunk, args.sequences - machine.STATS["sequences"])
         lines: list[str] = []
         runs += 1
+        before = dict(machine.STATS)
+        failed = None
         try:
             with with_reporter(lines.append):
                 run_state_machine_as_test(machine.EquivalenceMachine, settings=settings(
@@ -64,9 +79,16 @@ def main() -> int:
             kind = head.split(":", 2)[1].strip() if head.count(":") >= 2 else head
             failures.setdefault(kind, []).append(f"{type(exc).__name__}: {message[:4000]}\n" + "\n".join(lines))
             print(f"[{machine.STATS['sequences']} sequences] failure: {head}", flush=True)
+            failed = head
         else:
             print(f"[{machine.STATS['sequences']} sequences, {machine.STATS['steps']} steps, "
                   f"{time.monotonic() - start:.0f} s] ok", flush=True)
+        _append(args.ledger, {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit,
+            "sequences": machine.STATS["sequences"] - before.get("sequences", 0),
+            "steps": machine.STATS["steps"] - before.get("steps", 0), "failure": failed,
+            "max_targets": args.max_targets, "steps_per_sequence": args.steps,
+        })
 
     wall = time.monotonic() - start
     s = machine.STATS
@@ -81,7 +103,44 @@ def main() -> int:
     for kind, found in failures.items():
         print(f"\n=== {len(found)} failure(s): {kind}\n")
         print(found[0])
+    print()
+    print("\n".join(ledger_totals(args.ledger)))
     return 1 if failures else 0
+
+
+def _commit() -> str:
+    """HEAD's commit, with "+dirty" when the work tree differs from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def _append(ledger: Path, entry: dict) -> None:
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    with ledger.open("a") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def ledger_totals(ledger: Path) -> list[str]:
+    """The ledger's sequences and failures per commit, oldest first, and in all."""
+    per: dict[str, list[int]] = {}
+    try:
+        entries = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return [f"ledger {ledger}: unreadable or empty"]
+    for e in entries:
+        row = per.setdefault(e["commit"], [0, 0, 0, e["date"], e["date"]])
+        row[0] += e["sequences"]
+        row[1] += e["steps"]
+        row[2] += e["failure"] is not None
+        row[4] = e["date"]
+    lines = [f"ledger {ledger}:", "| commit | sequences | steps | failed chunks | from | to |",
+             "| --- | ---: | ---: | ---: | --- | --- |"]
+    lines += [f"| {c} | {n} | {st} | {f} | {a} | {b} |" for c, (n, st, f, a, b) in per.items()]
+    lines.append(f"| all | {sum(r[0] for r in per.values())} | {sum(r[1] for r in per.values())} "
+                 f"| {sum(r[2] for r in per.values())} | | |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -32,15 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_pairs import measure  # noqa: E402
-from llm_inputs import CHAIN_HEAD, PY, ROOT  # noqa: E402
+from llm_inputs import CHAIN_HEAD, PY, QUANTIZE_8DA4W, ROOT  # noqa: E402
 
-RECIPE = CHAIN_HEAD + """
-[targets.q8da4w]
-step = "quantize"
-inputs = {{ program = "export" }}
-linear = "8da4w"
-group_size = 32
-
+RECIPE = CHAIN_HEAD + QUANTIZE_8DA4W + """
 [targets.pte]
 step = "lower"
 inputs = {{ program = "{program}" }}

@@ -71,18 +71,21 @@ use_sdpa_with_kv_cache = true
 enable_dynamic_shape = true
 """
 
-RECIPE = CHAIN_HEAD + """
-[targets.xnnpack-fp32]
-step = "lower"
-inputs = {{ program = "export" }}
-backend = "xnnpack"
-
+#: 8da4w (group 32) of the exported program, as export_llm's ``quantization.qmode=8da4w``.
+QUANTIZE_8DA4W = """
 [targets.q8da4w]
 step = "quantize"
 inputs = {{ program = "export" }}
 linear = "8da4w"
 group_size = 32
+"""
 
+RECIPE = CHAIN_HEAD + """
+[targets.xnnpack-fp32]
+step = "lower"
+inputs = {{ program = "export" }}
+backend = "xnnpack"
+""" + QUANTIZE_8DA4W + """
 [targets.xnnpack-8da4w]
 step = "lower"
 inputs = {{ program = "q8da4w" }}

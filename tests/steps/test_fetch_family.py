@@ -146,32 +146,34 @@ def _plan_and_build(project, recipe: str):
     return row, result.targets["ckpt"]
 
 
-def test_declared_family_contradicting_a_local_config_json_fails_the_plan(project):
-    _hf_dir(project.root, "lfm", CONFIGS["lfm2"])
-    row, built = _plan_and_build(project, """
+def _lfm2_config_dir(root: Path) -> str:
+    _hf_dir(root, "lfm", CONFIGS["lfm2"])
+    return "ckpts/lfm"
+
+
+def _phi3_gguf(root: Path) -> str:
+    (root / "g").mkdir(parents=True)
+    _gguf(root / "g" / "model.gguf", "phi3")
+    return "g/model.gguf"
+
+
+@pytest.mark.parametrize("write, family, line", [
+    (_lfm2_config_dir, "qwen3",
+     "family = 'qwen3' contradicts ckpts/lfm/config.json: its model_type 'lfm2' is read by lfm2"),
+    (_phi3_gguf, "llama3_2",
+     "family = 'llama3_2' contradicts g/model.gguf: its general.architecture 'phi3' is read by phi_4_mini"),
+], ids=["config.json", "gguf"])
+def test_declared_family_contradicting_a_local_checkpoint_fails_the_plan(project, write, family, line):
+    source = write(project.root)
+    row, built = _plan_and_build(project, f"""
         [targets.ckpt]
         step = "fetch"
-        source = "ckpts/lfm"
-        family = "qwen3"
+        source = "{source}"
+        family = "{family}"
     """)
-    line = "family = 'qwen3' contradicts ckpts/lfm/config.json: its model_type 'lfm2' is read by lfm2"
     assert (row.decision, list(row.reasons)) == ("error", [line])
     assert (built.status, built.reason) == ("failed", line)  # the build refuses it the same way, running nothing
     assert not (project.root / "out" / "ckpt").exists()
-
-
-def test_declared_family_contradicting_a_local_gguf_fails_the_plan(project):
-    (project.root / "g").mkdir(parents=True)
-    _gguf(project.root / "g" / "model.gguf", "phi3")
-    row, built = _plan_and_build(project, """
-        [targets.ckpt]
-        step = "fetch"
-        source = "g/model.gguf"
-        family = "llama3_2"
-    """)
-    line = "family = 'llama3_2' contradicts g/model.gguf: its general.architecture 'phi3' is read by phi_4_mini"
-    assert (row.decision, list(row.reasons)) == ("error", [line])
-    assert (built.status, built.reason) == ("failed", line)
 
 
 def test_declared_family_consistent_with_a_local_checkpoint_plans_as_usual(project):
