@@ -9,12 +9,22 @@ printed, not counted). Prints a table of medians and the difference per build
 and per step. Run:
 
     .venv/bin/python bench/bench_dask.py [--runs 5] [--workers 1] [--width 1]
+    .venv/bin/python bench/bench_dask.py --matrix [--step-s 2] [--burn]
+
+``--matrix`` times instead the shape of issue 14's four-variant matrix (one
+fetch, two exports, four lowerings: llm_inputs.MATRIX) on Dask with two
+single-threaded workers against one, each step a command that sleeps
+``--step-s`` seconds (the scheduling alone), or with ``--burn`` spends them
+on the CPU (then the ratio needs two free cores). Every run prints the load
+average and a ``python -c pass`` baseline: figures under load are inflated.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 import statistics
 import sys
 import time
@@ -54,12 +64,96 @@ def project(run: int, kind: str, width: int) -> Path:
     return root
 
 
+MATRIX = """
+[targets.fetch]
+step = "command"
+command = "{work} > $MODELBUILD_OUT/ckpt.txt"
+deps = ["data.txt"]
+outs = ["ckpt.txt"]
+""" + "".join(f"""
+[targets.export-{b}]
+step = "command"
+inputs = {{{{ src = "fetch" }}}}
+command = "{{work}} > $MODELBUILD_OUT/{b}.txt; echo {b} >> $MODELBUILD_OUT/{b}.txt"
+outs = ["{b}.txt"]
+""" for b in ("xnnpack", "coreml")) + "".join(f"""
+[targets.{b}-{q}]
+step = "command"
+inputs = {{{{ src = "export-{b}" }}}}
+command = "{{work}} > $MODELBUILD_OUT/model.txt; echo {b} {q} >> $MODELBUILD_OUT/model.txt"
+outs = ["model.txt"]
+""" for b in ("xnnpack", "coreml") for q in ("fp32", "4bit"))
+VARIANTS = [f"{b}-{q}" for b in ("xnnpack", "coreml") for q in ("fp32", "4bit")]
+
+
+def baseline() -> tuple[float, tuple[float, float, float]]:
+    """Seconds of ``python -c pass`` now, and the load average."""
+    t = time.monotonic()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.monotonic() - t, os.getloadavg()
+
+
+def matrix(args) -> None:
+    """Two single-threaded workers against one on the matrix's graph shape (see the module docstring)."""
+    from distributed import LocalCluster
+
+    from modelbuild.api import build
+
+    if args.burn:  # CPU work: a busy loop of step-s seconds of CPU time
+        work = (f"{sys.executable} -c 'import time; t = time.process_time(); "
+                f"any(time.process_time() - t > {args.step_s} for _ in iter(int, 1)); print(1)'")
+    else:
+        work = f"sleep {args.step_s}; echo 1"
+    recipe = MATRIX.format(work=work)
+    times: dict[int, list[float]] = {1: [], 2: []}
+    clusters = {n: LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                dashboard_address=None) for n in (1, 2)}
+    before = baseline()
+    try:
+        for run in range(args.runs + 1):  # the first is a warm-up (imports on the workers)
+            for n in ((1, 2) if run % 2 else (2, 1)):
+                root = WORK / f"matrix-{n}-{run}"
+                shutil.rmtree(root, ignore_errors=True)
+                (root / "recipes").mkdir(parents=True)
+                (root / "data.txt").write_text("data\n")
+                (root / "recipes" / "main.toml").write_text(recipe)
+                t = time.monotonic()
+                result = build(VARIANTS, project=root, jobs=n, executor="dask",
+                               scheduler=clusters[n].scheduler_address)
+                seconds = time.monotonic() - t
+                assert result.ok and len(result.targets) == 7, {k: r.reason for k, r in result.targets.items()}
+                if run:
+                    times[n].append(seconds)
+    finally:
+        for c in clusters.values():
+            c.close()
+        shutil.rmtree(WORK, ignore_errors=True)
+    after = baseline()
+    kind = "CPU-bound" if args.burn else "sleeping"
+    print(f"\nfour-variant matrix shape (7 {kind} command steps of {args.step_s} s; critical path 3 steps), "
+          f"cold builds on Dask, median of {args.runs} interleaved runs")
+    print(f"load average {before[1][0]:.1f} before, {after[1][0]:.1f} after; "
+          f"`python -c pass` {before[0]:.2f} s before, {after[0]:.2f} s after")
+    print(f"{'workers':<10}{'median s':>10}{'min s':>8}{'max s':>8}")
+    for n, values in times.items():
+        print(f"{n:<10}{statistics.median(values):>10.2f}{min(values):>8.2f}{max(values):>8.2f}")
+    print(f"two workers / one: {statistics.median(times[2]) / statistics.median(times[1]):.2f} "
+          f"(ideal {4 / 7:.2f}: 7 steps on one worker, 4 step-times on two)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--width", type=int, default=1)
+    ap.add_argument("--matrix", action="store_true", help="two workers against one on the four-variant matrix shape")
+    ap.add_argument("--step-s", type=float, default=2.0, help="seconds per step (with --matrix)")
+    ap.add_argument("--burn", action="store_true", help="steps spend their seconds on the CPU (with --matrix)")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` too closes the clusters and cleans up
+    if args.matrix:
+        return matrix(args)
+    before = baseline()
 
     from distributed import LocalCluster
 
@@ -89,7 +183,10 @@ def main() -> None:
         shutil.rmtree(WORK, ignore_errors=True)
     steps = 3 * args.width
     local, dask = statistics.median(times["local"]), statistics.median(times["dask"])
+    after = baseline()
     print(f"\ncold build of {steps} command steps, -j {jobs}, median of {args.runs} runs")
+    print(f"load average {before[1][0]:.1f} before, {after[1][0]:.1f} after; "
+          f"`python -c pass` {before[0]:.2f} s before, {after[0]:.2f} s after")
     print(f"{'executor':<10}{'median s':>10}{'min s':>8}{'max s':>8}")
     for kind, values in times.items():
         print(f"{kind:<10}{statistics.median(values):>10.2f}{min(values):>8.2f}{max(values):>8.2f}")

@@ -19,7 +19,7 @@ source file, and one target `all` consuming every chain's tail (so the default
 target's closure is the whole graph). Run:
 
     .venv/bin/python bench/bench_fullcheck.py [--sizes 20 100 1000] [--runs 9] [--keep] [--no-bytecode]
-        [--baseline-src DIR] [--breakdown]
+        [--baseline-src DIR] [--breakdown] [--no-unbound]
 
 ``--baseline-src DIR`` measures another source tree of modelbuild (say the
 last commit: ``git archive HEAD modelbuild | tar -x -C DIR``) on its own copy
@@ -216,6 +216,8 @@ def main() -> None:
                     help="also measure another modelbuild source tree (DIR holds its modelbuild/, e.g. from "
                          "`git archive <commit> modelbuild | tar -x -C DIR`), interleaved with this one")
     ap.add_argument("--breakdown", action="store_true", help="also print where one full-check no-op's time goes")
+    ap.add_argument("--no-unbound", action="store_true",
+                    help="skip the MODELBUILD_BOUND_CACHE=0 runs (a quicker now-against-baseline comparison)")
     args = ap.parse_args()
     env = dict(os.environ)
     if args.no_bytecode:
@@ -250,7 +252,7 @@ def main() -> None:
                 baseline, full, unbound, fast, base_cpu, full_cpu = samples[label]
                 baseline.append(timed([sys.executable, "-c", "pass"], root, env, base_cpu))
                 full.append(timed(mb + ["--full-check"], root, tree_env, full_cpu))
-                if label == "now":
+                if label == "now" and not args.no_unbound:
                     unbound.append(timed(mb + ["--full-check"], root, unbound_env))
                 fast.append(timed(quick, root, tree_env))
         for label, root, tree_env, cold in roots:

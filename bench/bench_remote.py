@@ -22,6 +22,12 @@ is compared with the cheapest possible rebuild). With ``--project DIR
 already (``modelbuild build TARGET --cache-dir DIR``; it is only read and
 pushed from): the "build from scratch" row is then the sum of the step times
 recorded in its action records, and the run fits in a few minutes on a loaded machine.
+``--idle-build-s S`` adds the ratio against a build time measured on a quieter
+machine (recorded step times under load are inflated, which flatters the ratio).
+``--remotes s3`` or ``file`` runs one remote only; ``--s3-one-stream`` adds a
+fresh clone from S3 with s3fs's ranged parallel GETs turned off
+(``FSSPEC_S3='{"max_concurrency": 1}'`` does the same for any command): moto
+reads the whole object for every ranged request, so against it one stream wins.
 
 Loopback figures: no network latency or bandwidth limit; the moto server is a
 single Python process, so the S3 column measures s3fs + moto + verification,
@@ -94,12 +100,20 @@ def main() -> None:
     ap.add_argument("--target", help="the target to build (with --project)")
     ap.add_argument("-j", "--jobs", type=int, default=None)
     ap.add_argument("--origin-cache", type=Path, help="a cache that has built TARGET already (with --project)")
+    ap.add_argument("--idle-build-s", type=float, help="a build time measured on a quieter machine, for a second ratio")
+    ap.add_argument("--remotes", default="s3,file", help="which remotes: s3, file or both (default)")
+    ap.add_argument("--s3-one-stream", action="store_true", help="also a fresh clone from S3 with one GET stream per blob")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` too stops the moto server and cleans up
 
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     from modelbuild.api import build, cache_push
 
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    baseline = time.perf_counter() - t0
+    load0 = os.getloadavg()
+    cpu0 = time.process_time()
     work = Path(tempfile.mkdtemp(prefix="bench-remote-"))
     proc, endpoint = start_moto()
     os.environ["AWS_ENDPOINT_URL"] = endpoint  # s3fs/botocore read it: no project file needed
@@ -136,7 +150,17 @@ def main() -> None:
             rows = [("build from scratch (origin, steps' recorded times)", t_build, f"{steps} step(s)")]
         else:
             rows = [("build from scratch (origin)", t_build, f"{steps} step(s) run")]
-        for label, url in (("loopback S3 (moto)", "s3://bench/cache"), ("file://", (work / "remote").as_uri())):
+        wanted = set(args.remotes.split(","))
+        remotes = [(label, url) for label, url in (("loopback S3 (moto)", "s3://bench/cache"),
+                                                   ("file://", (work / "remote").as_uri()))
+                   if ("s3" if "s3" in url else "file") in wanted]
+
+        def ratios(seconds: float) -> str:
+            text = f"x{t_build / seconds:.1f} vs build"
+            return text + (f", x{args.idle_build_s / seconds:.1f} vs {args.idle_build_s:.0f} s idle build"
+                           if args.idle_build_s else "")
+
+        for label, url in remotes:
             t_push, pushed = timed(lambda: cache_push([target], project=project, cache_dir=origin_cache,
                                                       remote_cache=url))
             assert pushed.ok, pushed.rows
@@ -150,9 +174,22 @@ def main() -> None:
             got_mb = _blob_bytes(work / clone / "cache") / 1e6  # what came down (only pulls fill a fresh cache)
             rows.append((f"fresh clone build, {label}", t_pull,
                          f"{hits} remote hit(s), {left} left remote; {got_mb:.1f} of the chain's {chain_mb:.1f} MB "
-                         f"downloaded ({got_mb / t_pull:.0f} MB/s); x{t_build / t_pull:.1f} vs build"))
+                         f"downloaded ({got_mb / t_pull:.0f} MB/s); {ratios(t_pull)}"))
+            if "s3" in url and args.s3_one_stream:
+                import fsspec.config
+
+                fsspec.config.conf.setdefault("s3", {})["max_concurrency"] = 1
+                try:
+                    t_one, got = timed(lambda: run("clone-s3-one", remote_cache=url))
+                finally:
+                    del fsspec.config.conf["s3"]["max_concurrency"]
+                assert got.ok, {n: (r.status, r.reason) for n, r in got.targets.items()}
+                got_mb = _blob_bytes(work / "clone-s3-one" / "cache") / 1e6
+                rows.append((f"fresh clone build, {label}, one stream", t_one,
+                             f"{got_mb:.1f} MB ({got_mb / t_one:.0f} MB/s); {ratios(t_one)}"))
         # With the remote still configured: the intermediates a lazy build left there are still its hits.
-        t_local, again = timed(lambda: run("clone-s3", remote_cache="s3://bench/cache"))
+        last_label, last_url = remotes[-1]
+        t_local, again = timed(lambda: run("clone-s3" if "s3" in last_url else "clone-file", remote_cache=last_url))
         rows.append(("same clone again (local hit + records)", t_local,
                      f"{sum(1 for r in again.targets.values() if r.status == 'cached')} cached, "
                      f"{sum(1 for r in again.targets.values() if r.remote_only)} still remote"))
@@ -162,11 +199,13 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\ntarget {target}: {size / 1e6:.1f} MB final artifact, {steps} step(s) in its chain; "
-          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}\n")
-    print(f"| {'what':<40} | {'seconds':>8} | note")
-    print(f"|{'-' * 42}|{'-' * 10}|------")
+          f"{os.cpu_count()} cores, load average {load0[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
+          f"`python -c pass` {baseline:.2f} s; this process {time.process_time() - cpu0:.1f} CPU-s "
+          f"(the moto server's not counted)\n")
+    print(f"| {'what':<50} | {'seconds':>8} | note")
+    print(f"|{'-' * 52}|{'-' * 10}|------")
     for what, seconds, note in rows:
-        print(f"| {what:<40} | {seconds:8.2f} | {note}")
+        print(f"| {what:<50} | {seconds:8.2f} | {note}")
 
 
 if __name__ == "__main__":

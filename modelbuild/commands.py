@@ -232,6 +232,9 @@ def build(**kw) -> int:
 @_opt("--require-validation", is_flag=True, help="Plan 'not validated here' (e.g. needs macOS) as a failure, as build would.")
 @_opt("--refresh", is_flag=True, help="Resolve floating references (an hf:// revision such as main) again now.")
 @REMOTE_CACHE
+@_opt("--executor", type=click.Choice(["local", "dask"]), default=None,
+      help="Plan as a build on this executor would (default: the project config, else local).")
+@_opt("--scheduler", metavar="ADDRESS", help="The Dask scheduler, e.g. tcp://sched:8786 (with --executor dask).")
 def plan(**kw) -> int:
     """Dry run: each step, hit or miss, and why.
 
@@ -244,7 +247,7 @@ def plan(**kw) -> int:
     args = _ns(kw)
     result = run_plan(args.targets, project=args.project, recipes=args.recipes, cache_dir=args.cache_dir,
                       overrides=args.overrides, require_validation=args.require_validation, refresh=args.refresh,
-                      remote_cache=args.remote_cache)
+                      remote_cache=args.remote_cache, executor=args.executor, scheduler=args.scheduler)
     if args.json:
         _print_json(result.to_json())
         return 0

@@ -16,6 +16,12 @@ macos``). A worker that dies while running a step fails that target (after the
 scheduler's own bounded retries, ``distributed.scheduler.allowed-failures``);
 a task that waits while no live worker can take it any more is cancelled.
 
+A step routed by its requirements is keyed with the toolchain of the workers
+that will run it (:meth:`DaskExecutor.toolchain`, asked through
+``client.run`` before the engine keys it): a Linux client cannot probe a
+Mac's Xcode. Workers that disagree: the largest group keys it and the task is
+pinned to that group.
+
 Example::
 
     with DaskExecutor("tcp://127.0.0.1:8786", store) as executor:
@@ -32,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelbuildError, one_line
-from .executor import Executor, JobOutcome, StepJob, Submitted
+from .executor import Executor, JobOutcome, StepJob, Submitted, Toolchain
 from .hashing import Manifest
-from .routing import demand, describe_workers, lacking
+from .routing import demand, describe_workers, lacking, pick_toolchain
 from .step_types import Requirements  # light: no pydantic on a build's path
 
 __all__ = ["DaskExecutor", "ClusterError", "executor_for"]
@@ -94,6 +100,9 @@ class DaskExecutor(Executor):
         self._futures: dict[str, Any] = {}  # task key -> future, while submitted
         self._lock = threading.Lock()
         self._workers: dict[str, dict[str, float]] = {}
+        self._where: dict[str, tuple[str, Any]] = {}  # worker name -> (address, the name as Dask knows it)
+        #: (step, entry, requirements) -> the toolchain it is keyed with (asked once per build: toolchain())
+        self._toolchains: dict[tuple[str, str, Requirements], Toolchain | None] = {}
         self._threads = 0
         self._seen_at = 0.0
         self._refresh()
@@ -106,13 +115,14 @@ class DaskExecutor(Executor):
             if self._seen_at and time.monotonic() - self._seen_at < max_age_s:
                 return self._workers
         info = self.client.scheduler_info(n_workers=-1)
-        workers, threads = {}, 0
+        workers, where, threads = {}, {}, 0
         for address, w in (info.get("workers") or {}).items():
             name = str(w.get("name", address))
             workers[name] = {k: float(v) for k, v in (w.get("resources") or {}).items()}
+            where[name] = (address, w.get("name", address))
             threads += int(w.get("nthreads") or 1)
         with self._lock:
-            self._workers, self._threads, self._seen_at = workers, threads, time.monotonic()
+            self._workers, self._where, self._threads, self._seen_at = workers, where, threads, time.monotonic()
         return workers
 
     def slots(self) -> int:
@@ -148,6 +158,58 @@ class DaskExecutor(Executor):
                 f"its workers: {describe_workers(workers)} "
                 "(start a worker with --resources, e.g. \"macos=1,xcode=1\"; -k builds the rest)")
 
+    # -- keys -----------------------------------------------------------------
+
+    def toolchain(self, step: Any, requirements: Requirements) -> Toolchain | None:
+        """Key a step that is routed by its requirements with the toolchain of the workers that will run it.
+
+        A step submitted with resources (``mlmodelc``: ``macos``, ``xcode``) runs
+        on a worker that this host may not resemble at all: a Linux client
+        would key it with ``xcode: not available``, which no Mac has, and the
+        worker would rightly refuse the key (dask_task.py). So the workers that
+        advertise those resources are asked (``client.run``: a worker busy with
+        a step still answers) for the versions they would key it with, once
+        per build; as Bazel keys a remote action with its execution platform.
+        Workers that disagree are grouped by their answer: the largest group
+        (ties: the one with the first name) keys the step, and the step is
+        pinned to that group (:meth:`submit`), so its result is always made by
+        a toolchain its key describes. A step any worker may take (no
+        resources) is keyed with this host's toolchain, as a local build
+        would, and each worker must match it.
+        """
+        workers = self._refresh(max_age_s=POLL_S)
+        wanted = demand(requirements, workers.values())
+        if not wanted:
+            return None
+        memo = (step.name, step.entry, requirements)
+        with self._lock:
+            if memo in self._toolchains:
+                return self._toolchains[memo]
+        able = sorted(n for n, res in workers.items() if all(res.get(k, 0) >= v for k, v in wanted.items()))
+        found = self._ask_toolchain(step, able) if able else None  # none: check() and unmet() say so
+        with self._lock:
+            self._toolchains[memo] = found
+        return found
+
+    def _ask_toolchain(self, step: Any, able: list[str]) -> Toolchain:
+        from .dask_task import toolchain_of
+
+        with self._lock:
+            addresses = {self._where[n][0]: n for n in able if n in self._where}
+        try:
+            answers = self.client.run(toolchain_of, step.name, step.entry, workers=list(addresses), on_error="return")
+        except Exception as exc:  # noqa: BLE001 - the scheduler went away, ...
+            raise ClusterError(f"cannot ask the workers {', '.join(able)} of the Dask cluster at {self.address} "
+                               f"for the toolchain of step {step.name}: {one_line(exc)}") from exc
+        said = {addresses.get(a, str(a)): v for a, v in answers.items()}
+        said.update({n: None for n in able if n not in said})  # left meanwhile
+        found = pick_toolchain(said)
+        if found is None:
+            name, exc = sorted(said.items())[0]
+            raise ClusterError(f"no worker of the Dask cluster at {self.address} could report its toolchain for step "
+                               f"{step.name} ({name}: {one_line(exc) if isinstance(exc, BaseException) else 'no answer'})")
+        return found
+
     # -- jobs -----------------------------------------------------------------
 
     def submit(self, job: StepJob) -> Submitted:
@@ -166,10 +228,20 @@ class DaskExecutor(Executor):
             "remote": self._remote_spec(),
         }
         task = f"modelbuild-{job.job['target']}-{job.key[:12]}-{os.urandom(4).hex()}"  # no uuid: every build imports this module
-        future = self.client.submit(run_step, spec, key=task, resources=resources or None, pure=False)
+        pinned = self._pinned(job, req)
+        future = self.client.submit(run_step, spec, key=task, resources=resources or None, pure=False,
+                                    workers=pinned, allow_other_workers=False)
         with self._lock:
             self._futures[task] = future
-        return _DaskRun(self, task, future, job, req)
+        return _DaskRun(self, task, future, job, req, pinned)
+
+    def _pinned(self, job: StepJob, req: Requirements) -> list[Any] | None:
+        """The workers whose toolchain keyed this step (:meth:`toolchain`), as Dask knows their names; None: any."""
+        with self._lock:
+            found = self._toolchains.get((job.job["step"], job.job["entry"], req))
+            if found is None:
+                return None
+            return [self._where[n][1] if n in self._where else n for n in found.workers]
 
     def _remote_spec(self) -> dict[str, Any] | None:
         """Where a worker that does not see this build's cache exchanges artifacts (the remote tier)."""
@@ -235,8 +307,10 @@ class DaskExecutor(Executor):
 
 
 class _DaskRun(Submitted):
-    def __init__(self, executor: DaskExecutor, task: str, future: Any, job: StepJob, req: Requirements) -> None:
+    def __init__(self, executor: DaskExecutor, task: str, future: Any, job: StepJob, req: Requirements,
+                 pinned: list[Any] | None = None) -> None:
         self._ex, self._task, self._future, self._job, self._req = executor, task, future, job, req
+        self._pinned = [str(n) for n in pinned] if pinned else None
 
     def cancel(self) -> None:
         self._ex.client.cancel([self._future])
@@ -290,7 +364,10 @@ class _DaskRun(Submitted):
                 return JobOutcome("failed", f"on the Dask cluster: {type(exc).__name__}: {one_line(exc)}")
             # Still waiting: is there still a worker that could take it?
             try:
-                lacks = self._ex._lacks(self._req, self._ex._refresh(max_age_s=POLL_S))
+                workers = self._ex._refresh(max_age_s=POLL_S)
+                lacks = self._ex._lacks(self._req, workers)
+                if lacks is None and self._pinned and not any(n in workers for n in self._pinned):
+                    lacks = f"no worker with the toolchain its key was computed with ({', '.join(self._pinned)})"
             except Exception:  # noqa: BLE001 - e.g. the scheduler is gone; the future will say so
                 lacks = None
             if lacks is None:

@@ -9,7 +9,9 @@ never bytes). On the worker the task
    files must be what the engine keyed (a worker with another torch, or an
    older checkout of the project, would otherwise cache its output under a
    key that says something else), and that it has what the step requires
-   (``MODELBUILD_HOST_PLATFORM`` makes a Linux worker a Mac stand-in in tests);
+   (``MODELBUILD_HOST_PLATFORM`` makes a Linux worker a Mac stand-in in tests).
+   A step routed here by its requirements was keyed with this worker's own
+   toolchain (:func:`toolchain_of`, asked before keying), so it passes;
 2. pulls each input from the shared store by digest, verified on arrival
    (:meth:`Store.missing_or_corrupt`), into its own scratch directory;
 3. runs the step in the same child-process sandbox as a local build
@@ -34,7 +36,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_step", "LOG_TAIL_BYTES"]
+__all__ = ["run_step", "toolchain_of", "LOG_TAIL_BYTES"]
 
 #: How much of a step's log comes back through the scheduler (the end of it).
 LOG_TAIL_BYTES = 256 * 1024
@@ -110,6 +112,17 @@ def _forget_nanny_threads() -> None:
         for var in _THREAD_VARS:
             if var in preset and os.environ.get(var) == str(preset[var]):
                 del os.environ[var]
+
+
+def toolchain_of(step: str, entry: str) -> dict[str, str]:
+    """The toolchain versions this worker would key ``step`` with (what :func:`run_step` checks a key against).
+
+    The Dask executor asks the workers that can take a step this way before the
+    engine keys it, when the machine running ``modelbuild build`` cannot run the
+    step itself: a Linux client cannot probe a Mac's Xcode (``client.run``,
+    so a worker busy with a step still answers).
+    """
+    return dict(_info(step, entry).instance().toolchain_versions())
 
 
 def _failed(reason: str, worker: str, **extra: Any) -> dict[str, Any]:

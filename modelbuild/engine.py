@@ -35,7 +35,6 @@ import os
 import shutil
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -48,6 +47,7 @@ from .hashing import RACY_MARGIN_NS, Seen, digest_path, hash_file, stat_signatur
 from .history import History
 from .lazy import LazyInputs
 from .keys import action_key, diff_records, key_record
+from .pool import Workers
 from .outcome import STATUSES, Blocker, BuildResult, Decision, Kind, Prepared, Status, TargetResult
 from .fingerprint import StepCode
 from .resolve import Resolver
@@ -101,10 +101,14 @@ class Engine(LazyInputs):
         self._on_event = on_event
         self._event_lock = threading.Lock()
         self._toolchains: dict[str, dict[str, str]] = {}
+        #: target -> which workers' toolchain keyed it (executor.Toolchain.note), for plan, build, explain
+        self._keyed_there: dict[str, str] = {}
         self._stop = False
         self._share = CoreShare(os.cpu_count() or 1)
         #: target -> what its key's sources were computed from (source_digests)
         self._read: dict[str, _Consumed] = {}
+        #: out/<target>/ and its files -> stat signature, as a restore found them in place (materialize.py)
+        self._out_seen: dict[str, tuple[int, ...]] = {}
         # Moving references (a Hub branch) are pinned before keying (resolve.py); --refresh asks again.
         self.resolver = Resolver(self.project, store.root, refresh=refresh)
 
@@ -118,6 +122,13 @@ class Engine(LazyInputs):
     # -- keys -----------------------------------------------------------------
 
     def toolchain(self, node: Node) -> dict[str, str]:
+        """The toolchain versions ``node`` is keyed with: those of the workers that will run it when the
+        executor routes it by its requirements (a Dask worker with Xcode: dask_executor.py), else this host's."""
+        there = self.executor.toolchain(node.info, node.requirements(self.graph.nodes)) \
+            if type(self.executor).toolchain is not Executor.toolchain else None
+        if there is not None:
+            self._keyed_there[node.name] = there.note
+            return there.versions
         if node.info.name not in self._toolchains:
             self._toolchains[node.info.name] = node.toolchain_versions()
         return self._toolchains[node.info.name]
@@ -203,8 +214,13 @@ class Engine(LazyInputs):
         if hit is None and not reasons:
             reasons = self.miss_reasons(node.name, record, key)
         if hit is None:
-            reasons = [*reasons, *self.resolver.notes(node.name)]
+            reasons = [*reasons, *self._notes(node.name)]
         return Prepared(key, record, hit, reasons)
+
+    def _notes(self, name: str) -> list[str]:
+        """What the user must see beside a target's decision: the resolver's notes, and whose toolchain keyed it."""
+        there = self._keyed_there.get(name)
+        return [*self.resolver.notes(name), *([there] if there else [])]
 
     def lookup(self, key: str) -> tuple[ActionRecord | None, list[str]]:
         """The usable record for ``key``, or None with the corruption found (if any)."""
@@ -285,12 +301,12 @@ class Engine(LazyInputs):
         return Decision(Kind.HIT, (self._hit_reason(node.name, prepared.key),), prepared)
 
     def _hit_reason(self, name: str, key: str) -> str:
-        previous = self.history.load(name)
+        previous = self.history.known(name)  # read by the scheduler at the build's start: words only
         reason = "up to date" if previous and previous.get("key") == key else "cached: built before with the same inputs"
         remote = self.store.from_remote(key)
         if remote is not None:
             reason = f"remote hit: from {remote}"
-        return "; ".join([reason, *self.resolver.notes(name)])  # e.g. "offline: revision main taken as ..."
+        return "; ".join([reason, *self._notes(name)])  # e.g. "offline: revision main taken as ..."
 
     # -- build ----------------------------------------------------------------
 
@@ -301,7 +317,7 @@ class Engine(LazyInputs):
         results: dict[str, TargetResult] = {}
         self._wanted, self._results = set(names), results
         self.executor.check(self.graph, order, keep_going=self.keep_going)  # e.g. no Dask worker has macos
-        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="modelbuild") as pool:
+        with Workers(self.jobs, "modelbuild") as pool:  # pool.py: not concurrent.futures (its import costs)
             try:
                 self._schedule(pool, order, results)
             except BaseException:
@@ -312,18 +328,23 @@ class Engine(LazyInputs):
         ordered = {name: results[name] for name in order}
         return BuildResult(requested=list(names), targets=ordered, duration_s=time.monotonic() - start,
                            watched=self._watched(order), explicit=list(explicit if explicit is not None else names),
-                           valid_until_ns=self.resolver.valid_until_ns)
+                           # A worker's toolchain cannot be stat'ed here: the no-op fast path must not vouch for it.
+                           valid_until_ns=0 if self._keyed_there else self.resolver.valid_until_ns)
 
-    def _schedule(self, pool: ThreadPoolExecutor, order: list[str], results: dict[str, TargetResult]) -> None:
+    def _schedule(self, pool: Workers, order: list[str], results: dict[str, TargetResult]) -> None:
         pending = set(order)
         rank = critical_path(order, self.graph.consumers, self._expected_cost)
+        # The records of the keys the targets had last time, and their blobs' stat
+        # records, in two queries instead of two per target (store.prefetch).
+        self.store.prefetch([entry["key"] for entry in map(self.history.known, order)
+                             if entry and isinstance(entry.get("key"), str)])
         position = {name: i for i, name in enumerate(order)}
         priority = {name: (-rank[name], position[name]) for name in order}
         # Producers each target still waits for: counted down as results come
         # in, so that picking the ready targets costs O(ready), not O(targets).
         unfinished = {name: len(self.graph.producers(name)) for name in order}
         ready = [name for name in order if unfinished[name] == 0]
-        running: dict[Future, str] = {}
+        running = 0
 
         def finished(name: str) -> None:
             self.executor.settled(name)  # e.g. a fused session drops a value no consumer will take
@@ -346,7 +367,7 @@ class Engine(LazyInputs):
                     self._emit(Event("finish", name, node.step_name, results[name]))
                     finished(name)
                     continue
-                if len(running) + len(starting) >= self.jobs:
+                if running + len(starting) >= self.jobs:
                     break
                 pending.discard(name)
                 ready.remove(name)
@@ -357,17 +378,17 @@ class Engine(LazyInputs):
             # be descheduled between two submits).
             for name, claim in [(name, self._share.claim()) for name in starting]:
                 upstream = {p: results[p] for p in self.graph.producers(name)}
-                running[pool.submit(self._build_one, self.graph.nodes[name], upstream, claim)] = name
+                pool.submit(name, self._build_one, self.graph.nodes[name], upstream, claim)
+                running += 1
             if not running:
                 continue
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                name = running.pop(future)
+            for name, result, error in pool.finished():  # waits for at least one
+                running -= 1
                 node = self.graph.nodes[name]
-                try:
-                    result = future.result()
-                except Exception as exc:  # noqa: BLE001 - one target's internal error must not kill the build
-                    result = TargetResult(name, node.step_name, FAILED, f"internal error: {type(exc).__name__}: {exc}")
+                if isinstance(error, Exception):  # one target's internal error must not kill the build
+                    result = TargetResult(name, node.step_name, FAILED, f"internal error: {type(error).__name__}: {error}")
+                elif error is not None:
+                    raise error
                 results[name] = result
                 if result.status == FAILED and not self.keep_going:
                     self._stop = True
@@ -403,6 +424,7 @@ class Engine(LazyInputs):
                 files[str(path)] = None
                 if path.is_dir():
                     files.update((str(p), None) for p in path.rglob("*"))
+        files.update(self._out_seen)  # outputs restored in place: the fast path need not walk them again
         return dict(sorted(files.items()))
 
     def _build_one(self, node: Node, upstream: dict[str, TargetResult], claim: Claim) -> TargetResult:
@@ -455,7 +477,7 @@ class Engine(LazyInputs):
         if record is not None:
             claim.skip()
             try:
-                self.store.materialize(record.manifest, dest)
+                self.store.materialize(record.manifest, dest, seen=self._out_seen)
             except CacheCorrupt as exc:
                 unmet = self.executor.unmet(node.requirements(self.graph.nodes))
                 if unmet:  # another host's shared result failed its check, and this host cannot run the step

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Executor", "FUSE_ENV", "JobOutcome", "LocalExecutor", "StepJob", "Submitted", "job_outcome", "run_job", "spawn_worker", "terminate_all"]
+__all__ = ["Executor", "FUSE_ENV", "JobOutcome", "LocalExecutor", "StepJob", "Submitted", "Toolchain", "job_outcome", "run_job",
+           "spawn_worker", "terminate_all"]
 
 _RUNNING: set[subprocess.Popen] = set()
 _RUNNING_LOCK = threading.Lock()
@@ -164,6 +165,20 @@ class StepJob:
     on_progress: Callable[[dict], None] | None = None
 
 
+@dataclass(frozen=True)
+class Toolchain:
+    """Toolchain versions read where a step will run, not on this host (:meth:`Executor.toolchain`).
+
+    ``workers``: the places they were read on (Dask worker names), which the
+    step is then pinned to; ``note``: the sentence ``plan``, ``build`` and
+    ``explain`` show beside the target's reasons.
+    """
+
+    versions: dict[str, str]
+    workers: tuple[str, ...]
+    note: str
+
+
 class Submitted:
     """A submitted job: :meth:`result` waits for its :class:`JobOutcome`; :meth:`cancel` stops it."""
 
@@ -183,7 +198,8 @@ class Executor:
     place this executor runs on has (``decide`` turns it into "unavailable");
     ``check`` may refuse a build before anything runs; ``stop_pending`` (a
     failure without ``-k``) and ``cancel_all`` (Ctrl-C) stop what is queued or
-    running. Example (the Dask executor is modelbuild/dask_executor.py)::
+    running; ``toolchain`` may give the toolchain versions a step is keyed with
+    when it runs on hosts unlike this one (the engine still computes the key). Example (the Dask executor is modelbuild/dask_executor.py)::
 
         engine = Engine(graph, store, project=root, out_dir=root / "out", executor=LocalExecutor())
     """
@@ -199,6 +215,12 @@ class Executor:
         from .step_types import unmet_requirement  # light: no pydantic
 
         return unmet_requirement(requirements)
+
+    def toolchain(self, step: Any, requirements: Any) -> Toolchain | None:
+        """The toolchain versions to key ``step`` (a plugins.StepInfo) with, when this executor runs it
+        on hosts whose toolchain this one cannot vouch for (a Dask worker with Xcode for a Linux
+        client); None (the default): this host's own, read by the engine."""
+        return None
 
     def check(self, graph: Any, order: list[str], *, keep_going: bool) -> None:
         """Raise a ModelbuildError if the build cannot run here at all (default: it can)."""

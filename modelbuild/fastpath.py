@@ -198,10 +198,11 @@ def record_noop(result, *, project: str | None, recipes: str | None, cache_dir: 
     # Not only "-packages" directories: a toolchain distribution found on a
     # PYTHONPATH directory is upgraded by replacing its dist-info there.
     watched.update((os.path.abspath(p), None) for p in sys.path if p)
-    for r in result.targets.values():
-        if r.out is not None:
-            watched.update((p, None) for p in _walk_files(Path(r.out)))
     read = result.watched if isinstance(result.watched, dict) else dict.fromkeys(result.watched)
+    for r in result.targets.values():
+        # An output the engine's restore found in place comes with its tree's signatures (engine._out_seen).
+        if r.out is not None and read.get(os.path.abspath(r.out)) is None:
+            watched.update((p, None) for p in _walk_files(Path(r.out)))
     for path, sig in read.items():
         watched[path] = list(sig) if sig is not None else watched.get(path)
     state = {

@@ -259,6 +259,9 @@ class StatCache:
         # lookup, then the restore). A trusted record stays trusted while the
         # signature matches (the racy rule only gets easier with time).
         self._trusted: dict[tuple[int, int], tuple[list[int], str]] = {}
+        # (dev, ino) -> record text read ahead in one query (:meth:`prime`),
+        # used once; checked exactly like a record read now.
+        self._primed: dict[tuple[int, int], str] = {}
 
     def _key(self, st: os.stat_result) -> str:
         return f"{self.KEY_PREFIX}{st.st_dev}:{st.st_ino}"
@@ -269,9 +272,19 @@ class StatCache:
         known = self._trusted.get((st.st_dev, st.st_ino))
         if known is not None and known[0] == sig:
             return known[1]
+        raw = self._primed.pop((st.st_dev, st.st_ino), None) if self._primed else None
+        if raw is not None:
+            found = self._check(raw, st)
+            if found is not None:
+                return found
+            # A record read ahead that does not fit the file now (it changed,
+            # or someone re-recorded it since): read the current record.
         raw = self.cache.get(self._key(st))
         if raw is None:
             return None
+        return self._check(raw, st)
+
+    def _check(self, raw: str, st: os.stat_result) -> str | None:
         try:
             rec = json.loads(raw)
             if rec.get("v") != STAT_FORMAT:
@@ -286,6 +299,23 @@ class StatCache:
         self._trusted[(st.st_dev, st.st_ino)] = (sig, digest)
         return digest
 
+    def prime(self, records: dict[tuple[int, int], str]) -> None:
+        """Records read ahead for these inodes (store.py reads those of the blobs
+        a build will check in one query). Each is used at most once, and only
+        if it matches the file's stat when looked up, as a record read then
+        would have to; otherwise the database is asked as usual."""
+        self._primed.update(records)
+
+    def trusted(self, st: os.stat_result) -> str | None:
+        """The digest this process already trusted for exactly this signature, else None.
+
+        Memory only (no database read): a file (or a hard link of it) whose
+        record was checked earlier in this build and whose stat has not moved
+        since (materialize.py's restore of a blob verified by the decision).
+        """
+        known = self._trusted.get((st.st_dev, st.st_ino))
+        return known[1] if known is not None and known[0] == _signature(st) else None
+
     def remember(self, st: os.stat_result, digest: str, recorded_ns: int | None = None) -> None:
         """Record ``digest`` for the file whose stat is ``st``.
 
@@ -296,11 +326,13 @@ class StatCache:
         rec = {"v": STAT_FORMAT, "sig": _signature(st), "t": time.time_ns() if recorded_ns is None else recorded_ns,
                "digest": digest}
         self._trusted.pop((st.st_dev, st.st_ino), None)  # the next lookup applies the racy rule to it
+        self._primed.pop((st.st_dev, st.st_ino), None)
         self.cache.set(self._key(st), json.dumps(rec, separators=(",", ":")))
 
     def forget(self, st: os.stat_result) -> None:
         """Drop any record for this file's inode."""
         self._trusted.pop((st.st_dev, st.st_ino), None)
+        self._primed.pop((st.st_dev, st.st_ino), None)
         self.cache.delete(self._key(st))
 
     def digest(self, path: Path, seen: Seen | None = None) -> str:

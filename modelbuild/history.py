@@ -55,16 +55,28 @@ class History:
         self._read[target] = (ident, data)
         return data
 
+    def known(self, target: str) -> dict[str, Any] | None:
+        """The entry as this process last read it (no stat), else as :meth:`load` finds it.
+
+        For what only words depend on ("up to date" or "cached: built
+        before"), read several times per target in one build: a concurrent
+        build's rewrite in between changes a reason's wording, never a decision.
+        """
+        known = self._read.get(target)
+        return known[1] if known is not None else self.load(target)
+
     def save(self, target: str, entry: dict[str, Any]) -> None:
         """Write the entry, unless the stored one says the same but for its ``when``:
         a no-op build then writes nothing (a rename over an existing file makes
         ext4 flush the new file first, milliseconds per target)."""
         data = {"version": HISTORY_VERSION, **entry}
-        text = json.dumps(data, sort_keys=True)
-        previous = self.load(target)
-        # The stored entry as this one would be written with this one's `when`: the same text, the same entry.
-        if previous is not None and json.dumps({**previous, "when": data.get("when")}, sort_keys=True) == text:
+        previous = self.load(target)  # stat'ed again: a concurrent build may have rewritten it
+        # The stored entry with this one's `when`, compared as values (no JSON
+        # text made unless it is written): values that differ only as JSON
+        # would (a tuple for a list) count as a change, and are written.
+        if previous is not None and {**previous, "when": data.get("when")} == data:
             return
+        text = json.dumps(data, sort_keys=True)
         import tempfile  # only when something changed: a no-op build writes no entry
 
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,11 @@ Every blob is verified against its digest through the stat cache first, and a
 corrupt or missing blob raises :class:`~modelbuild.errors.CacheCorrupt` naming
 it. Linking and unlinking change a blob's ctime; because that is our own
 doing, the stat records of blobs verified just before are carried over
-(see :class:`CtimeGuard`), so the next restore does not re-hash them.
+(see :class:`CtimeGuard`), so the next restore does not re-hash them. A
+restore right after the build's decision checked the same blobs, of an
+``out/<target>/`` that holds links of them, stats each output file once and
+checks nothing twice (:func:`_held_as_verified`); any change to those inodes
+since the decision moves their ctime and brings the full check back.
 
 Example::
 
@@ -37,7 +41,6 @@ Example::
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -48,7 +51,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import CacheCorrupt, StoreError
-from .hashing import Entry, Manifest, StatCache, hash_bytes, iter_files
+from .hashing import Entry, Manifest, StatCache, hash_bytes, iter_files, stat_signature
 
 __all__ = ["materialize", "holds", "remove_materialized", "remove_tree", "preferred_method", "place_file", "CtimeGuard",
            "CANONICAL_MTIME_NS", "METHODS", "MODE_ENV"]
@@ -175,7 +178,10 @@ def _verify_blobs(manifest: Manifest, blob_path: BlobPath, stat_cache: StatCache
             raise CacheCorrupt(f"blob {path.name} ({e.path}) is missing from the store") from None
         except OSError as err:
             raise StoreError(f"cannot read blob {path}: {err.strerror}") from err
-        found = stat_cache.digest(path) if st.st_size == e.size else f"a file of {st.st_size} bytes"
+        if st.st_size != e.size:
+            found = f"a file of {st.st_size} bytes"
+        else:  # the stat just taken first; stat and hash again only if its record does not match
+            found = stat_cache.lookup(st) or stat_cache.digest(path)
         if found != e.digest:
             raise CacheCorrupt(
                 f"blob {path.parent.name}/{path.name} ({e.path}) is corrupt: "
@@ -198,30 +204,73 @@ def holds(dest: Path, manifest: Manifest, stat_cache: StatCache,
     writable (a reflink or copy someone edited) is never "held": it is placed
     again, read-only.
     """
-    dest = Path(dest)
-    if dest.is_symlink() or not dest.is_dir():
-        return False
-    try:
-        found = {rel: item for rel, item in iter_files(dest)}
-    except StoreError:
-        return False
-    if set(found) != {e.path for e in manifest.entries}:
+    found = _listed(Path(dest), manifest)
+    if found is None:
         return False
     for e in manifest.entries:
-        st = found[e.path].stat(follow_symlinks=False)
-        if bool(st.st_mode & statmod.S_IXUSR) != e.executable or st.st_size != e.size:
-            return False
+        st = found[e.path]
         if blobs is not None:
             blob_st = blobs[e.path][1]
             if (st.st_dev, st.st_ino) == (blob_st.st_dev, blob_st.st_ino):
                 continue  # the verified blob itself
         if st.st_mode & _WRITABLE:
             return False
-        try:
-            if stat_cache.digest(dest / e.path) != e.digest:
+        try:  # the stat just taken first (a regular file: lstat is stat), hashed only if unknown
+            if (stat_cache.lookup(st) or stat_cache.digest(Path(dest) / e.path)) != e.digest:
                 return False
         except (OSError, StoreError):
             return False
+    return True
+
+
+def _listed(dest: Path, manifest: Manifest, keep: object = None) -> dict[str, os.stat_result] | None:
+    """The lstat of each file of ``dest`` if it is a directory (not a link) holding
+    exactly the manifest's paths, each of the entry's size and executable bit; else None.
+    With ``keep``, the directory's own lstat is kept too, under ``""``."""
+    try:
+        top = os.lstat(dest)
+        if not statmod.S_ISDIR(top.st_mode):
+            return None
+        found = {rel: item.stat(follow_symlinks=False) for rel, item in iter_files(dest)}
+    except (OSError, StoreError):
+        return None
+    if len(found) != len(manifest.entries):
+        return None
+    for e in manifest.entries:
+        st = found.get(e.path)
+        if st is None or bool(st.st_mode & statmod.S_IXUSR) != e.executable or st.st_size != e.size:
+            return None
+    if keep is not None:
+        found[""] = top
+    return found
+
+
+def _held_as_verified(dest: Path, manifest: Manifest, stat_cache: StatCache,
+                      seen: dict[str, tuple[int, ...]] | None = None) -> bool:
+    """Does ``dest`` hold the manifest as files this process has verified, unmoved since?
+
+    A restore right after the decision: the decision checked each blob (a
+    stat and its stat record), and ``out/<target>/`` holds hard links of those
+    very inodes. Each file's full stat signature (inode, size, mtime, ctime)
+    matching the one trusted a moment ago means it is still that verified
+    content, so the blobs need not be checked again. Any write or ``chmod``
+    (to the blob or the link: one inode) moves the ctime, and then the full
+    check (:func:`_verify_blobs`, then :func:`holds`) runs and names a corrupt
+    blob. Memory only: a file not verified in this process takes the full check.
+    """
+    found = _listed(dest, manifest, seen)
+    if found is None:
+        return False
+    for e in manifest.entries:
+        st = found[e.path]
+        if st.st_mode & _WRITABLE or stat_cache.trusted(st) != e.digest:
+            return False
+    if seen is not None and all("/" not in e.path for e in manifest.entries):
+        # What was just checked, for the no-op fast path's record (fastpath.py),
+        # which then need not walk and stat this tree again; not for nested
+        # trees, whose directories _listed does not stat.
+        seen[os.fspath(dest)] = stat_signature(found[""])
+        seen.update((os.path.join(dest, e.path), stat_signature(found[e.path])) for e in manifest.entries)
     return True
 
 
@@ -284,6 +333,8 @@ def _finish_copy(dst: Path, e: Entry, stat_cache: StatCache) -> None:
 
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux renameat2). False if unsupported."""
+    import ctypes  # only when an existing out/<target>/ is replaced: not on a no-op's path
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.renameat2
@@ -335,7 +386,7 @@ def _scratch_siblings(dest: Path) -> list[Path]:
 
 
 def materialize(manifest: Manifest, dest: Path, *, blob_path: BlobPath, stat_cache: StatCache,
-                lock_dir: Path, prefer: str | None = None) -> str:
+                lock_dir: Path, prefer: str | None = None, seen: dict[str, tuple[int, ...]] | None = None) -> str:
     """Make ``dest`` hold exactly ``manifest``; return the method used.
 
     ``prefer`` is the first method tried (default: :func:`preferred_method`).
@@ -343,21 +394,31 @@ def materialize(manifest: Manifest, dest: Path, *, blob_path: BlobPath, stat_cac
     file needed), ``"unchanged"`` if ``dest`` already held this manifest, or
     ``"empty"`` for a manifest without files. Raises CacheCorrupt naming a
     missing or corrupt blob, StoreError if the tree cannot be written (nothing
-    half-built is left behind) or ``prefer`` is no method.
+    half-built is left behind) or ``prefer`` is no method. ``seen``, when
+    given and the tree was already in place, receives the stat signature of
+    ``dest`` and of each of its files as checked (see :func:`_held_as_verified`).
     """
     prefer = preferred_method() if prefer is None else prefer
     if prefer not in METHODS:
         raise StoreError(f"unknown materialization method {prefer!r}: expected one of {', '.join(METHODS)}")
     dest = Path(os.path.abspath(dest))
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise StoreError(f"cannot create {dest.parent}: {err.strerror}") from err
     lock_name = hash_bytes(os.fsencode(dest))[3:35]
     with _locked(Path(lock_dir) / f"out-{lock_name}.lock"):
         # Under the lock, any sibling scratch tree is left over from a kill.
-        for stale in _scratch_siblings(dest):
-            remove_tree(stale)
+        try:
+            stale = _scratch_siblings(dest)
+        except FileNotFoundError:  # no out/ yet (created here, not stat'ed on every restore)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StoreError(f"cannot create {dest.parent}: {err.strerror}") from err
+            stale = []
+        except OSError as err:
+            raise StoreError(f"cannot list {dest.parent}: {err.strerror}") from err
+        for path in stale:
+            remove_tree(path)
+        if not stale and _held_as_verified(dest, manifest, stat_cache, seen):
+            return "unchanged"
         guard = CtimeGuard(stat_cache, blob_path)
         blobs = _verify_blobs(manifest, blob_path, stat_cache, guard)
         if holds(dest, manifest, stat_cache, blobs):

@@ -302,21 +302,40 @@ class RemoteCache:
     def pull(self, manifest: "Manifest", store: "Store") -> int:
         """Fetch the blobs of ``manifest`` that ``store`` lacks; return how many were fetched.
 
-        Each blob is written to the store's scratch space, hashed, and only
-        stored if its digest and size are the manifest's.
+        Each blob is written to the store's scratch space, hashed as it
+        arrives (remote_transfer.py: while the kernel writes it back; several
+        blobs at once), and only stored if its digest and size are the
+        manifest's. On any failure the scratch space, with whatever had come
+        down, is removed: nothing partial reaches the store.
         """
         missing = [e for e in _unique(manifest.entries) if not _have(store, e)]
         if not missing:
             return 0
         if self._down is not None:
             raise CacheCorrupt(f"{self._down}: the result cannot be fetched")
+        from .remote_transfer import parallel_blobs
+
         fs, _ = self._filesystem()
         scratch = store.scratch_dir("remote")
         try:
             incoming = scratch / "in"
             incoming.mkdir()
-            for i, e in enumerate(missing):
-                self._fetch_one(fs, e, incoming / f"{i}")
+            parallel = min(parallel_blobs(), len(missing))
+            if parallel <= 1:
+                for i, e in enumerate(missing):
+                    self._fetch_one(fs, e, incoming / f"{i}")
+            else:  # several blobs at once: a result of many files from a remote with latency
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(parallel, thread_name_prefix="modelbuild-pull") as pool:
+                    futures = [pool.submit(self._fetch_one, fs, e, incoming / f"{i}") for i, e in enumerate(missing)]
+                    try:
+                        for fut in futures:
+                            fut.result()
+                    except BaseException:
+                        for fut in futures:
+                            fut.cancel()
+                        raise
             # The same crash-safe path as a step's output; each file was hashed once, on arrival.
             store.ingest(incoming, hashed={f"{i}": e.digest for i, e in enumerate(missing)})
         finally:
@@ -326,21 +345,25 @@ class RemoteCache:
         return len(missing)
 
     def _fetch_one(self, fs: Any, e: "Entry", local: Path) -> None:
-        from .hashing import hash_file
+        from .remote_transfer import TransferError, download
 
         rpath = self.blob_path(e.digest, e.executable)
         name = f"{e.digest[3:5]}/{e.digest[5:17]}…"
+        if self._down is not None:  # another blob of this pull found the remote dead
+            raise CacheCorrupt(f"{self._down}: {e.path} cannot be fetched")
+        digest = what = None
         try:
-            fs.get_file(rpath, os.fspath(local))
+            digest = download(fs, rpath, local, e.size)  # hashed on arrival; nothing left behind on error
         except FileNotFoundError as err:
             raise CacheCorrupt(f"{e.path}: remote blob {name} is missing") from err
+        except TransferError as err:
+            what = str(err)
         except Exception as err:  # noqa: BLE001 - a network error of any backend
             raise CacheCorrupt(str(self._unreachable(f"fetching {e.path}", err))) from err
-        size = local.stat().st_size
-        digest = hash_file(local) if size == e.size else None
+        size = e.size
         if digest != e.digest:
             local.unlink(missing_ok=True)
-            what = f"size {size}, expected {e.size}" if digest is None else f"content hashes to {digest[:15]}…"
+            what = what or f"content hashes to {digest[:15]}…"
             text = f"{e.path}: remote blob {name} is corrupt ({what}); rejected"
             with self._guard:
                 self._rejected.add(rpath)
@@ -379,31 +402,50 @@ class RemoteCache:
         return True
 
     def push_blobs(self, manifest: "Manifest", store: "Store") -> int:
-        """Upload the blobs of ``manifest`` the remote lacks (after checking them locally); return how many."""
+        """Upload the blobs of ``manifest`` the remote lacks (after checking them locally); return how many.
+
+        Several at once (remote_transfer.parallel_blobs): a result of many files costs
+        the remote's latency once per batch, not once per file.
+        """
+        from .remote_transfer import parallel_blobs
+
         fs, _ = self._filesystem()
-        sent = 0
-        for e in _unique(manifest.entries):
-            local = store.blob_path(e.digest, e.executable)
-            rpath = self.blob_path(e.digest, e.executable)
+        entries = _unique(manifest.entries)
+        parallel = min(parallel_blobs(), len(entries))
+        if parallel <= 1:
+            return sum(self._push_one(fs, e, store) for e in entries)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(parallel, thread_name_prefix="modelbuild-push") as pool:
+            futures = [pool.submit(self._push_one, fs, e, store) for e in entries]
             try:
-                if rpath not in self._rejected and fs.size(rpath) == e.size:
-                    continue
-            except FileNotFoundError:
-                pass
-            except Exception as err:  # noqa: BLE001
-                raise self._unreachable(f"uploading {e.path}", err) from err
-            if not _have(store, e):
-                raise CacheCorrupt(f"{e.path}: local blob {e.digest[3:5]}/{e.digest[5:17]}… is missing or corrupt; not uploaded")
-            try:
-                self._write(fs, rpath, local=local)
-            except Exception as err:  # noqa: BLE001
-                raise self._unreachable(f"uploading {e.path}", err) from err
-            with self._guard:
-                self._rejected.discard(rpath)
-                self.stats.blobs_pushed += 1
-                self.stats.bytes_pushed += e.size
-            sent += 1
-        return sent
+                return sum(f.result() for f in futures)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+
+    def _push_one(self, fs: Any, e: "Entry", store: "Store") -> int:
+        local = store.blob_path(e.digest, e.executable)
+        rpath = self.blob_path(e.digest, e.executable)
+        try:
+            if rpath not in self._rejected and fs.size(rpath) == e.size:
+                return 0
+        except FileNotFoundError:
+            pass
+        except Exception as err:  # noqa: BLE001
+            raise self._unreachable(f"uploading {e.path}", err) from err
+        if not _have(store, e):
+            raise CacheCorrupt(f"{e.path}: local blob {e.digest[3:5]}/{e.digest[5:17]}… is missing or corrupt; not uploaded")
+        try:
+            self._write(fs, rpath, local=local)
+        except Exception as err:  # noqa: BLE001
+            raise self._unreachable(f"uploading {e.path}", err) from err
+        with self._guard:
+            self._rejected.discard(rpath)
+            self.stats.blobs_pushed += 1
+            self.stats.bytes_pushed += e.size
+        return 1
 
     def _write(self, fs: Any, path: str, *, local: Path | None = None, data: bytes | None = None) -> None:
         """Write one file so that a reader sees it whole or not at all."""

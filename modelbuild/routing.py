@@ -28,11 +28,14 @@ Example::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from typing import Any
 
+from .executor import Toolchain
 from .step_types import Requirements  # light: no pydantic on a build's path
 
-__all__ = ["TOOL_RESOURCES", "demand", "lacking", "describe_workers"]
+__all__ = ["TOOL_RESOURCES", "demand", "lacking", "describe_workers", "pick_toolchain"]
 
 #: Tools whose resource is not their own name: Xcode's command-line tools come together.
 TOOL_RESOURCES = {"xcrun": "xcode", "xcodebuild": "xcode", "xcode-select": "xcode"}
@@ -81,6 +84,42 @@ def describe_workers(workers: Mapping[str, Resources]) -> str:
         shown = ", ".join(f"{k}={_num(v)}" for k, v in sorted(res.items())) or "no resources"
         parts.append(f"{name} ({shown})")
     return "; ".join(parts)
+
+
+def pick_toolchain(answers: Mapping[str, Any]) -> Toolchain | None:
+    """The toolchain to key a routed step with, from what each capable worker said (name -> versions,
+    or the exception or None of a worker that could not say); None if none could.
+
+    Workers are grouped by their answer; the largest group wins (a tie: the
+    group holding the alphabetically first name) and the step is pinned to it,
+    as Bazel matches a remote action's platform properties to its executors:
+
+    >>> pick_toolchain({"mac-2": {"xcode": "16.1"}, "mac-1": {"xcode": "16.0"}}).note
+    'keyed with the toolchain of worker mac-1 (runs only there; mac-2 has xcode 16.1)'
+    """
+    good = {n: dict(v) for n, v in answers.items() if isinstance(v, Mapping)}
+    if not good:
+        return None
+    groups: dict[str, list[str]] = {}
+    for name in sorted(good):
+        groups.setdefault(json.dumps(good[name], sort_keys=True), []).append(name)
+    chosen = min(groups.values(), key=lambda names: (-len(names), names[0]))
+    versions = good[chosen[0]]
+    note = f"keyed with the toolchain of {'worker' if len(chosen) == 1 else 'workers'} {', '.join(chosen)}"
+    others = sorted(n for n in answers if n not in chosen)
+    if others:
+        parts = []
+        for name in others:
+            theirs = good.get(name)
+            if theirs is None:
+                answer = answers[name]
+                why = f"{type(answer).__name__}: {answer}".splitlines()[0][:200] if isinstance(answer, BaseException) else "no answer"
+                parts.append(f"{name} did not say ({why})")
+                continue
+            dist = next(d for d in sorted(set(versions) | set(theirs)) if versions.get(d) != theirs.get(d))
+            parts.append(f"{name} has {dist} {theirs[dist]}" if dist in theirs else f"{name} has no {dist}")
+        note += f" (runs only there; {'; '.join(parts)})"
+    return Toolchain(versions, tuple(chosen), note)
 
 
 def _num(value: float) -> str:

@@ -141,6 +141,9 @@ class Store:
         except (OSError, diskcache.Timeout) as err:
             raise StoreError(f"cannot open the cache at {self.root}: {err}") from err
         self.stat_cache = StatCache(self.cache)
+        #: key -> action record read ahead by :meth:`prefetch` (each used once)
+        self._early: dict[str, ActionRecord] = {}
+        self._blob_paths: dict[tuple[str, bool], Path] = {}
         self._session: Path | None = None
         self._session_fd: int | None = None
         self._session_pid: int | None = None
@@ -212,10 +215,14 @@ class Store:
 
     def blob_path(self, digest: str, executable: bool = False) -> Path:
         """Where the blob of this content and mode lives."""
+        known = self._blob_paths.get((digest, executable))
+        if known is not None:  # a build asks for each blob several times (prefetch, decision, restore)
+            return known
         if not _DIGEST.match(digest):
             raise CacheCorrupt(f"not a valid blob digest: {digest!r}")
         hexd = digest[len(PREFIX):]
-        return self.blobs / hexd[:2] / (hexd[2:] + ("-x" if executable else ""))
+        path = self._blob_paths[(digest, executable)] = self.blobs / hexd[:2] / (hexd[2:] + ("-x" if executable else ""))
+        return path
 
     def ingest(self, directory: Path, *, hashed: dict[str, str] | None = None) -> Manifest:
         """Move a finished step output into the store; return its manifest.
@@ -357,11 +364,72 @@ class Store:
             return self.remote.shown
         return None
 
+    def prefetch(self, keys: list[str]) -> None:
+        """Read the action records of ``keys``, and the stat records of their blobs, in two queries.
+
+        A full-check no-op otherwise makes two database reads per target (its
+        record, then its blob's stat record), each costing more than the rest of
+        the target's check. The engine passes the keys each target had at its
+        last build (history.py), before the first decision. What is read ahead
+        only stands in for a read that finds something: a key with no record
+        here is asked again when it is looked up (a concurrent build may have
+        written it since), each record read ahead serves one lookup (the
+        engine's second lookup, under the key's lock, reads the database), and
+        a stat record serves only a blob whose stat still matches it
+        (:meth:`StatCache.prime`). The blobs themselves are checked as always.
+        """
+        texts = self._get_many([_ACTION + k for k in dict.fromkeys(keys)])
+        early: dict[str, ActionRecord] = {}
+        inodes: dict[str, tuple[int, int]] = {}
+        for db_key, text in texts.items():
+            try:
+                d = json.loads(text)
+                if d.get("format") != RECORD_FORMAT:
+                    continue
+                record = ActionRecord.from_json(d)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # left for get_action, which names the unreadable record
+            early[record.key] = record
+            for e in record.manifest.entries:
+                try:
+                    st = os.stat(self.blob_path(e.digest, e.executable))
+                except (OSError, CacheCorrupt):
+                    continue
+                inodes[f"{StatCache.KEY_PREFIX}{st.st_dev}:{st.st_ino}"] = (st.st_dev, st.st_ino)
+        self._early.update(early)
+        found = self._get_many(list(inodes))
+        self.stat_cache.prime({inodes[k]: text for k, text in found.items()})
+
+    def _get_many(self, db_keys: list[str]) -> dict[str, str]:
+        """The text values of ``db_keys`` that are stored, read in one query per 500 keys.
+
+        diskcache has no multi-key read, so this asks its table directly; only
+        plain text values are taken (all our records are JSON text below
+        ``disk_min_file_size``); any other value, or a diskcache whose table
+        this does not understand, leaves the key to the usual ``get``.
+        """
+        found: dict[str, str] = {}
+        try:
+            for i in range(0, len(db_keys), 500):
+                chunk = db_keys[i:i + 500]
+                rows = self.cache._sql(
+                    "SELECT key, mode, value FROM Cache WHERE raw = 1 AND (expire_time IS NULL OR expire_time > ?)"
+                    f" AND key IN ({','.join('?' * len(chunk))})", (time.time(), *chunk)).fetchall()
+                found.update((k, v) for k, mode, v in rows if mode == diskcache.core.MODE_RAW and isinstance(v, str))
+        except Exception:  # noqa: BLE001 - an optimisation only: fall back to one get per key
+            return {}
+        return found
+
     def get_action(self, key: str) -> ActionRecord | None:
         """The record stored under ``key``; None if absent or of an older format.
 
-        Raises CacheCorrupt if the stored record cannot be read.
+        Raises CacheCorrupt if the stored record cannot be read. A record
+        read ahead by :meth:`prefetch` answers once, without a query.
         """
+        if self._early:
+            early = self._early.pop(key, None)
+            if early is not None:
+                return early
         text = self.cache.get(_ACTION + key)
         if text is None:
             return None
@@ -381,26 +449,27 @@ class Store:
         """Problems with the blobs of ``manifest``, one line each (empty: all good).
 
         Existence and size first, then the digest through the stat cache (a
-        stat and a record read per blob in the steady state).
+        stat and a record read per blob in the steady state; the record is
+        then trusted in memory, so the restore of ``out/`` that follows checks
+        the same inodes without reading it again: materialize.py).
         """
         problems = []
         for e in manifest.entries:
             path = self.blob_path(e.digest, e.executable)
-            name = f"{path.parent.name}/{path.name}"
             try:
                 st = os.stat(path)
             except OSError:
-                problems.append(f"{e.path}: blob {name} is missing")
+                problems.append(f"{e.path}: blob {path.parent.name}/{path.name} is missing")
                 continue
             if st.st_size != e.size:
-                problems.append(f"{e.path}: blob {name} is corrupt (size {st.st_size}, expected {e.size})")
-            elif self.stat_cache.digest(path) != e.digest:
-                problems.append(f"{e.path}: blob {name} is corrupt (digest mismatch)")
+                problems.append(f"{e.path}: blob {path.parent.name}/{path.name} is corrupt (size {st.st_size}, expected {e.size})")
+            elif (self.stat_cache.lookup(st) or self.stat_cache.digest(path)) != e.digest:  # this stat's record first
+                problems.append(f"{e.path}: blob {path.parent.name}/{path.name} is corrupt (digest mismatch)")
         return problems
 
     # -- outputs ---------------------------------------------------------
 
-    def materialize(self, manifest: Manifest, dest: Path) -> str:
+    def materialize(self, manifest: Manifest, dest: Path, seen: dict[str, tuple[int, ...]] | None = None) -> str:
         """Make ``dest`` hold exactly ``manifest`` (see :mod:`modelbuild.materialize`).
 
         Returns "reflink", "hardlink" or "copy"; "unchanged" when ``dest``
@@ -411,7 +480,7 @@ class Store:
         if self.remote is not None:
             self.remote.settle(manifest, self)
         return _mat.materialize(manifest, dest, blob_path=self.blob_path,
-                                stat_cache=self.stat_cache, lock_dir=self.locks)
+                                stat_cache=self.stat_cache, lock_dir=self.locks, seen=seen)
 
     def remove_output(self, dest: Path) -> None:
         """Remove a materialized ``out/<target>/`` (for ``clean``) without

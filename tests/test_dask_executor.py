@@ -22,7 +22,7 @@ from modelbuild.dask_executor import ClusterError
 from modelbuild.outcome import Status
 from modelbuild.progress import format_result_line
 from tests.conftest import CHAIN, Project
-from tests.dask_cluster import CONFIG, install_steps, start_cluster
+from tests.dask_cluster import CONFIG, install_steps, install_xcrun, start_cluster
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,10 @@ def cluster(tmp_path_factory):
     plugins = install_steps(tmp_path_factory.mktemp("dask-plugin"))
     with dask.config.set(CONFIG):
         mac_cache = tmp_path_factory.mktemp("mac-cache")
-        cluster = start_cluster(plugins, mac_cache)
-        cluster.plugins, cluster.mac_cache = plugins, mac_cache
+        # A stand-in for Xcode (xcrun) on the Mac stand-in's PATH only: not on this process's.
+        mac_bin = install_xcrun(tmp_path_factory.mktemp("mac-bin"))
+        cluster = start_cluster(plugins, mac_cache, mac_bin)
+        cluster.plugins, cluster.mac_cache, cluster.mac_bin = plugins, mac_cache, mac_bin
         try:
             yield cluster
         finally:
@@ -125,26 +127,83 @@ def test_a_worker_with_its_own_cache_exchanges_artifacts_through_the_remote_cach
     assert any((tmp_path / "remote").rglob("*"))
 
 
-NO_XCODE = ROUTED + """
+MLMODELC = """
+[targets.pkg]
+step = "standinpkg"
+
+[targets.pkg-mlmodelc]
+step = "mlmodelc"
+inputs = { model = "pkg" }
+"""
+
+
+@pytest.mark.slow
+def test_mlmodelc_is_keyed_with_the_toolchain_of_the_mac_worker_that_compiles_it(project, cluster):
+    """Issue 14's headline: a Linux client and a Mac build one graph. This host has no xcrun,
+    so it cannot say which Xcode will compile the package; the Mac (a stand-in, with a stand-in
+    for Xcode's xcrun on its own PATH) is asked, its compiler version keys the step, and its own
+    check of the key against its toolchain (dask_task.py) passes."""
+    import json
+    import shutil
+
+    from modelbuild.api import plan
+    from modelbuild.store import Store
+
+    assert shutil.which("xcrun") is None  # the stand-in Xcode is on the Mac stand-in's PATH only
+    project.recipe(MLMODELC)
+    first = dask_build(project, cluster, "pkg-mlmodelc")
+    built = first.targets["pkg-mlmodelc"]
+    assert built.status == Status.BUILT, built.reason
+    assert first.to_json()["targets"]["pkg-mlmodelc"]["worker"] == "mac-standin"
+    assert (project.out / "pkg-mlmodelc" / "model.mlmodelc" / "coremldata.bin").read_bytes().startswith(b"compiled:")
+    compiler = json.loads((project.out / "pkg-mlmodelc" / "mlmodelc.json").read_text())["compiler"]
+    assert compiler == {"coremlcompiler": "3404.4.1", "macos_sdk": "15.0"}
+    with Store(project.cache) as store:
+        assert store.get_action(built.key).key_record["toolchain"] == compiler  # the Mac's, not "not available"
+    assert "keyed with the toolchain of worker mac-standin" in built.reasons
+    assert first.valid_until_ns == 0  # the no-op fast path cannot watch a worker's Xcode: it must not vouch
+    # Again: a hit; plan (through the cluster) says so and whose toolchain keyed it.
+    again = dask_build(project, cluster, "pkg-mlmodelc").targets["pkg-mlmodelc"]
+    assert (again.status, again.key) == (Status.CACHED, built.key), again.reason
+    assert again.reason == "up to date; keyed with the toolchain of worker mac-standin"
+    row = plan(["pkg-mlmodelc"], project=project.root, executor="dask", scheduler=cluster.scheduler_address).rows[-1]
+    assert (row.decision, row.key, row.reasons) == ("hit", built.key, (again.reason,))
+    # Xcode upgraded on the Mac: rebuilt there, and the reason says why.
+    version = cluster.mac_bin / "coremlcompiler-version"
+    version.write_text("3500.14.1\n")
+    try:
+        third = dask_build(project, cluster, "pkg-mlmodelc").targets["pkg-mlmodelc"]
+    finally:
+        version.write_text("3404.4.1\n")
+    assert (third.status, third.worker) == (Status.BUILT, "mac-standin"), third.reason
+    assert third.reasons == ["toolchain changed: coremlcompiler 3404.4.1 -> 3500.14.1",
+                             "keyed with the toolchain of worker mac-standin"]
+    [entry] = [e for e in explain("pkg-mlmodelc", project=project.root).entries if e["target"] == "pkg-mlmodelc"]
+    assert entry["reasons"] == third.reasons and entry["worker"] == "mac-standin"
+    # A local build is unchanged: this host cannot compile, and says so.
+    assert project.build("pkg-mlmodelc").targets["pkg-mlmodelc"].status == Status.UNAVAILABLE
+
+
+NO_GPU = ROUTED + """
 [targets.compiled]
-step = "needsxcode"
+step = "needsgpu"
 """
 
 
 @pytest.mark.slow
 def test_a_requirement_no_worker_has_is_an_error_listing_the_cluster(project, cluster):
-    project.recipe(NO_XCODE)
+    project.recipe(NO_GPU)
     with pytest.raises(ClusterError) as err:
         dask_build(project, cluster, "m", "compiled")
     text = str(err.value)
-    assert "compiled (no worker with xcode)" in text
-    assert "linux-1 (cpu=1, linux=1); mac-standin (macos=1)" in text
+    assert "compiled (no worker with nvidia-smi)" in text
+    assert "linux-1 (cpu=1, linux=1); mac-standin (macos=1, xcode=1)" in text
     assert not project.out.exists()  # refused before anything ran
     # With -k the rest builds, and that target says what is missing.
     result = dask_build(project, cluster, "m", "compiled", keep_going=True)
     assert result.targets["m"].status == Status.BUILT
     assert result.targets["compiled"].status == Status.UNAVAILABLE
-    assert result.targets["compiled"].reason == "needs a worker with xcode"
+    assert result.targets["compiled"].reason == "needs a worker with nvidia-smi"
 
 
 @pytest.mark.slow

@@ -65,3 +65,22 @@ def test_a_worker_refuses_a_key_that_does_not_describe_its_toolchain(tmp_path):
     done = _run(spec, "mac-mini")
     assert done["status"] == "failed"
     assert done["reason"] == "worker mac-mini has no xcode, the key was computed with not available"
+
+
+def test_workers_that_disagree_on_a_toolchain_key_the_step_with_the_larger_group_and_pin_it():
+    from modelbuild.routing import pick_toolchain
+
+    new, old = {"coremlcompiler": "3500.14.1", "macos_sdk": "15.0"}, {"coremlcompiler": "3404.4.1", "macos_sdk": "15.0"}
+    one = pick_toolchain({"mac-mini": old})
+    assert (one.versions, one.workers, one.note) == (old, ("mac-mini",), "keyed with the toolchain of worker mac-mini")
+    two = pick_toolchain({"mac-3": new, "mac-1": old, "mac-2": new})
+    assert (two.versions, two.workers) == (new, ("mac-2", "mac-3"))
+    assert two.note == "keyed with the toolchain of workers mac-2, mac-3 (runs only there; mac-1 has coremlcompiler 3404.4.1)"
+    # A tie: the group with the first name, whatever order the cluster answered in.
+    assert pick_toolchain({"mac-b": new, "mac-a": old}).workers == ("mac-a",)
+    # A worker that could not say (its step plugin is missing, ...) is left out, and named.
+    some = pick_toolchain({"mac-1": old, "mac-2": ImportError("No module named 'mb_steps'"), "mac-3": None})
+    assert some.workers == ("mac-1",)
+    assert some.note.endswith("(runs only there; mac-2 did not say (ImportError: No module named 'mb_steps'); "
+                              "mac-3 did not say (no answer))")
+    assert pick_toolchain({"mac-1": RuntimeError("boom")}) is None

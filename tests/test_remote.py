@@ -421,3 +421,69 @@ def test_credentials_never_shown():
     assert "pw" not in repr(rc) and "pw" not in rc.shown
     err = rc._unreachable("fetching x", OSError('cannot get "https://u:pw@h/b/k?X-Amz-Signature=s3cr3t" now'))
     assert str(err) == 'remote cache https://127.0.0.1:1/mb unreachable while fetching x: OSError: cannot get "https://h/b/k" now'
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_a_large_pull_is_verified_before_it_is_stored_and_leaves_nothing_behind(backend, tmp_path, request, monkeypatch):
+    """remote_transfer.py: several blobs at once, a large one hashed while it is written back;
+    a blob corrupt, short, long or cut off half-way stores nothing, and no part of the pull stays in tmp/."""
+    import os as _os
+
+    from modelbuild import remote_transfer
+    from modelbuild.errors import CacheCorrupt
+
+    monkeypatch.setattr(remote_transfer, "OVERLAP_BYTES", 1 << 16)  # the large-blob path, at a test's size
+
+    if backend == "file":
+        url, options = (tmp_path / "remote").as_uri(), None
+    else:
+        options = {"endpoint_url": request.getfixturevalue("moto_endpoint")}
+        request.getfixturevalue("aws")
+        url = "s3://team/large-pull"
+    out = tmp_path / "step-out"
+    out.mkdir()
+    (out / "big.bin").write_bytes(_os.urandom(1 << 20))
+    for i in range(3):
+        (out / f"small{i}.txt").write_text(f"small {i}\n")
+    with Store(tmp_path / "origin") as origin:
+        manifest = origin.ingest(out)
+        assert RemoteCache(url, options=options).push_blobs(manifest, origin) == 4
+    big = next(e for e in manifest.entries if e.path == "big.bin")
+    rc = RemoteCache(url, options=options)
+    fs, _ = rc._filesystem()
+    rpath = rc.blob_path(big.digest)
+    good = fs.cat_file(rpath)
+    mid = len(good) // 2
+
+    def pull(name: str, match: str | None) -> dict[str, bytes]:
+        with Store(tmp_path / name) as store:
+            if match is None:
+                assert RemoteCache(url, options=options).pull(manifest, store) == 4
+            else:
+                with pytest.raises(CacheCorrupt, match=match):
+                    RemoteCache(url, options=options).pull(manifest, store)
+            assert not [p for p in store.tmp.rglob("*") if p.is_file()]  # no partial download left
+            return _blob_files(store.root)
+
+    corrupt = good[:mid] + bytes([good[mid] ^ 1]) + good[mid + 1:]  # the same size: only the digest tells
+    for bad, match in ((corrupt, r"big.bin: remote blob .* is corrupt \(content hashes to b3:"),
+                       (good[:-1], rf"is corrupt \(size {len(good) - 1}, expected {len(good)}\)"),
+                       (good + b"x", rf"is corrupt \(size {len(good) + 1}, expected {len(good)}\)")):
+        fs.pipe_file(rpath, bad)
+        assert pull("clone", match) == {}  # not even the three good small blobs are stored
+
+    fs.pipe_file(rpath, good)
+    real = fs.get_file  # (fsspec hands every RemoteCache of this URL the same instance)
+
+    def cut_off(rpath_, lpath, **kw):  # the connection drops half-way through the big blob
+        if rpath_.endswith(big.digest[5:]):
+            Path(lpath).write_bytes(good[:mid])
+            raise ConnectionResetError("connection reset by peer")
+        return real(rpath_, lpath, **kw)
+
+    monkeypatch.setattr(fs, "get_file", cut_off)
+    assert pull("clone", r"unreachable while fetching big.bin: ConnectionResetError") == {}
+    monkeypatch.setattr(fs, "get_file", real)
+    got = pull("clone2", None)
+    assert got[big.digest[5:]] == good and sorted(got.values()) == sorted(
+        [good] + [f"small {i}\n".encode() for i in range(3)])

@@ -78,6 +78,9 @@ steps = sorted(m for m in sys.modules if m.startswith("modelbuild.steps."))
 print("STEPS=" + ",".join(steps))
 print("HEAVY=" + ",".join(m for m in ("networkx", "torch", "filelock", "click") if m in sys.modules))
 print("PYDANTIC=" + ",".join(m for m in ("pydantic", "pydantic_core") if m in sys.modules))
+# Not needed by a no-op: the engine's threads are pool.py's (concurrent.futures imports logging);
+# ctypes only when an out/ tree is swapped (materialize.py).
+print("LIGHT=" + ",".join(m for m in ("concurrent.futures", "logging", "ctypes") if m in sys.modules))
 """
 
 
@@ -93,6 +96,7 @@ def test_a_full_check_loads_only_the_plugins_its_graph_uses(chain):
     probe()  # the cache directory exists now: this one keeps its bound graph (graph_cache.py)
     again = probe()  # nothing changed: the bound graph comes from the cache, no step or pydantic is imported
     assert "STEPS=\n" in again and "HEAVY=\n" in again and "PYDANTIC=\n" in again, again
+    assert "LIGHT=\n" in again, again
 
 
 def test_the_importlib_metadata_backport_keeps_the_fast_scan(tmp_path, monkeypatch):

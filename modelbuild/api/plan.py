@@ -62,10 +62,16 @@ def plan(
     require_validation: bool = False,
     refresh: bool = False,
     remote_cache: str | None = None,
+    executor: str | None = None,
+    scheduler: str | None = None,
 ) -> Plan:
     """``remote_cache`` (default: the project configuration) is asked for records
     the local cache lacks, as ``build`` would: such a row is a hit whose reason
-    says ``remote hit`` (nothing is downloaded)."""
+    says ``remote hit`` (nothing is downloaded). ``executor`` and ``scheduler``
+    (default: the project configuration) as for ``build``: with Dask, a step the
+    cluster can run is planned, not "unavailable", and a step routed to workers
+    is keyed with their toolchain (the reasons say which workers': docs/distributed.md)."""
+    from ..dask_executor import executor_for
     from ..remote import open_remote
 
     ws = Workspace.locate(project, recipes=recipes, cache_dir=cache_dir)
@@ -74,16 +80,23 @@ def plan(
     result = Plan(requested=names)
     with ws.store() as store:
         store.remote = open_remote(ws.root, remote_cache)
-        engine = Engine(graph, store, project=ws.root, out_dir=ws.out_dir, require_validation=require_validation,
-                        refresh=refresh)
-        predicted: dict[str, TargetResult] = {}
-        for name in graph.closure(names):
-            node = graph.nodes[name]
-            decision = engine.decide(node, {p: predicted[p] for p in graph.producers(name)})
-            key = decision.prepared.key if decision.prepared else None
-            # What the build will have for this target when its consumers are decided.
-            predicted[name] = TargetResult(name, node.step_name, decision.status, decision.reasons[0] if decision.reasons else "",
-                                           digest=decision.digest, blocked_by=decision.blocked_by)
-            result.rows.append(PlanRow(name, node.step_name, decision.kind, decision.reasons, key,
-                                       decision.blocked_by, decision.command))
+        runner, _ = executor_for(ws.root, executor, scheduler, store)
+        try:
+            _plan(result, graph, names, Engine(graph, store, project=ws.root, out_dir=ws.out_dir,
+                                               require_validation=require_validation, refresh=refresh, executor=runner))
+        finally:
+            runner.close()
     return result
+
+
+def _plan(result: Plan, graph, names: list[str], engine: Engine) -> None:
+    predicted: dict[str, TargetResult] = {}
+    for name in graph.closure(names):
+        node = graph.nodes[name]
+        decision = engine.decide(node, {p: predicted[p] for p in graph.producers(name)})
+        key = decision.prepared.key if decision.prepared else None
+        # What the build will have for this target when its consumers are decided.
+        predicted[name] = TargetResult(name, node.step_name, decision.status, decision.reasons[0] if decision.reasons else "",
+                                       digest=decision.digest, blocked_by=decision.blocked_by)
+        result.rows.append(PlanRow(name, node.step_name, decision.kind, decision.reasons, key,
+                                   decision.blocked_by, decision.command))

@@ -5,7 +5,9 @@ with Xcode on macOS. The step declares that (``platforms=("macos",)``,
 ``tools=("xcrun",)``), so on another host the engine gives the target the
 "needs macOS" status with :meth:`MLModelCStep.elsewhere`'s command, and the
 rest of the graph still builds. The compiler's version (and Xcode's, where
-``xcodebuild`` answers) enters the action key through ``toolchain_versions``.
+``xcodebuild`` answers) enters the action key through ``toolchain_versions``:
+with ``--executor dask`` it is called on the Mac worker that will compile (a
+Linux client has no ``xcrun`` to ask; docs/distributed.md).
 
 The step never reports a compiled model that was not compiled: a compiler
 that exits 0 but leaves no ``model.mlmodelc`` with a ``coremldata.bin`` is a
