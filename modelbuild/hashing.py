@@ -263,7 +263,8 @@ class StatCache:
         # used once; checked exactly like a record read now.
         self._primed: dict[tuple[int, int], str] = {}
 
-    def _key(self, st: os.stat_result) -> str:
+    def record_key(self, st: os.stat_result) -> str:
+        """The cache key of the stat record of the file whose stat is ``st``."""
         return f"{self.KEY_PREFIX}{st.st_dev}:{st.st_ino}"
 
     def lookup(self, st: os.stat_result) -> str | None:
@@ -279,7 +280,7 @@ class StatCache:
                 return found
             # A record read ahead that does not fit the file now (it changed,
             # or someone re-recorded it since): read the current record.
-        raw = self.cache.get(self._key(st))
+        raw = self.cache.get(self.record_key(st))
         if raw is None:
             return None
         return self._check(raw, st)
@@ -327,26 +328,30 @@ class StatCache:
                "digest": digest}
         self._trusted.pop((st.st_dev, st.st_ino), None)  # the next lookup applies the racy rule to it
         self._primed.pop((st.st_dev, st.st_ino), None)
-        self.cache.set(self._key(st), json.dumps(rec, separators=(",", ":")))
+        self.cache.set(self.record_key(st), json.dumps(rec, separators=(",", ":")))
 
     def forget(self, st: os.stat_result) -> None:
         """Drop any record for this file's inode."""
         self._trusted.pop((st.st_dev, st.st_ino), None)
         self._primed.pop((st.st_dev, st.st_ino), None)
-        self.cache.delete(self._key(st))
+        self.cache.delete(self.record_key(st))
 
-    def digest(self, path: Path, seen: Seen | None = None) -> str:
+    def digest(self, path: Path, seen: Seen | None = None, st: os.stat_result | None = None) -> str:
         """Digest of the file at ``path``, re-hashed only when needed.
 
         ``seen`` (if given) receives the stat signature of the content the
-        digest is of, taken before it was read.
+        digest is of, taken before it was read. ``st``: a stat of ``path``
+        the caller has just taken (not taken again; a hash still compares it
+        with a stat taken after reading).
         """
-        return self.digest_stat(path, seen)[0]
+        return self.digest_stat(path, seen, st)[0]
 
-    def digest_stat(self, path: Path, seen: Seen | None = None) -> tuple[str, os.stat_result]:
+    def digest_stat(self, path: Path, seen: Seen | None = None,
+                    st: os.stat_result | None = None) -> tuple[str, os.stat_result]:
         """``(digest, stat)``: the digest, and the stat taken just before the
         content it is the digest of was read (see :meth:`digest`)."""
-        st = _stat(path)
+        if st is None:
+            st = _stat(path)
         found = self.lookup(st)
         if found is None:
             for attempt in range(_HASH_ATTEMPTS):

@@ -180,8 +180,8 @@ def _verify_blobs(manifest: Manifest, blob_path: BlobPath, stat_cache: StatCache
             raise StoreError(f"cannot read blob {path}: {err.strerror}") from err
         if st.st_size != e.size:
             found = f"a file of {st.st_size} bytes"
-        else:  # the stat just taken first; stat and hash again only if its record does not match
-            found = stat_cache.lookup(st) or stat_cache.digest(path)
+        else:  # the stat just taken: hashed only if its record does not match
+            found = stat_cache.digest(path, st=st)
         if found != e.digest:
             raise CacheCorrupt(
                 f"blob {path.parent.name}/{path.name} ({e.path}) is corrupt: "
@@ -215,8 +215,8 @@ def holds(dest: Path, manifest: Manifest, stat_cache: StatCache,
                 continue  # the verified blob itself
         if st.st_mode & _WRITABLE:
             return False
-        try:  # the stat just taken first (a regular file: lstat is stat), hashed only if unknown
-            if (stat_cache.lookup(st) or stat_cache.digest(Path(dest) / e.path)) != e.digest:
+        try:  # the stat just taken (a regular file: lstat is stat), hashed only if unknown
+            if stat_cache.digest(Path(dest) / e.path, st=st) != e.digest:
                 return False
         except (OSError, StoreError):
             return False

@@ -395,7 +395,7 @@ class Store:
                     st = os.stat(self.blob_path(e.digest, e.executable))
                 except (OSError, CacheCorrupt):
                     continue
-                inodes[f"{StatCache.KEY_PREFIX}{st.st_dev}:{st.st_ino}"] = (st.st_dev, st.st_ino)
+                inodes[self.stat_cache.record_key(st)] = (st.st_dev, st.st_ino)
         self._early.update(early)
         found = self._get_many(list(inodes))
         self.stat_cache.prime({inodes[k]: text for k, text in found.items()})
@@ -459,12 +459,12 @@ class Store:
             try:
                 st = os.stat(path)
             except OSError:
-                problems.append(f"{e.path}: blob {path.parent.name}/{path.name} is missing")
+                problems.append(f"{e.path}: blob {_short(path)} is missing")
                 continue
             if st.st_size != e.size:
-                problems.append(f"{e.path}: blob {path.parent.name}/{path.name} is corrupt (size {st.st_size}, expected {e.size})")
-            elif (self.stat_cache.lookup(st) or self.stat_cache.digest(path)) != e.digest:  # this stat's record first
-                problems.append(f"{e.path}: blob {path.parent.name}/{path.name} is corrupt (digest mismatch)")
+                problems.append(f"{e.path}: blob {_short(path)} is corrupt (size {st.st_size}, expected {e.size})")
+            elif self.stat_cache.digest(path, st=st) != e.digest:
+                problems.append(f"{e.path}: blob {_short(path)} is corrupt (digest mismatch)")
         return problems
 
     # -- outputs ---------------------------------------------------------
@@ -638,3 +638,8 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _short(blob: Path) -> str:
+    """A blob's name in messages: its fan-out folder and file name."""
+    return f"{blob.parent.name}/{blob.name}"

@@ -249,7 +249,7 @@ def test_stat_cache_on_a_shared_cache_ignores_unreadable_records(tmp_path):
         f.write_bytes(b"data")
         old(f)
         st = os.stat(f)
-        cache.set(sc._key(st), "{garbage")
+        cache.set(sc.record_key(st), "{garbage")
         assert sc.lookup(st) is None
         assert sc.digest(f) == hash_bytes(b"data")
         assert sc.lookup(os.stat(f)) == hash_bytes(b"data")
