@@ -43,7 +43,6 @@ import re
 import stat
 import stat as statmod
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ import diskcache
 from . import materialize as _mat
 from .errors import CacheCorrupt, ModelbuildError, StoreError
 from .hashing import PREFIX, Entry, Manifest, StatCache, hash_bytes, hash_file, iter_files
+from .store_maintenance import StoreMaintenance
 
 __all__ = ["Store", "ActionRecord", "RECORD_FORMAT"]
 
@@ -60,7 +60,8 @@ __all__ = ["Store", "ActionRecord", "RECORD_FORMAT"]
 RECORD_FORMAT = 1
 
 _DIGEST = re.compile(r"^b3:[0-9a-f]{64}$")
-_ACTION = "action:"
+#: The database key of an action record is this prefix + the action key.
+ACTION_PREFIX = "action:"
 _SESSION = re.compile(r"^s-\d+-[0-9a-f]{8}$")
 
 
@@ -106,11 +107,6 @@ class ActionRecord:
         )
 
 
-def _same(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
-        b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -119,7 +115,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class Store:
+class Store(StoreMaintenance):
     """A cache directory: blobs, action records, stat records, scratch, locks, logs."""
 
     def __init__(self, root: Path):
@@ -325,7 +321,7 @@ class Store:
                 raise StoreError(f"{record.target}: blob for {e.path} is not in the store")
         text = json.dumps(record.to_json(), sort_keys=True, separators=(",", ":"))
         try:
-            self.cache.set(_ACTION + record.key, text)
+            self.cache.set(ACTION_PREFIX + record.key, text)
         except Exception as err:  # OSError, sqlite3 errors, diskcache.Timeout
             raise StoreError(f"cannot write the action record of {record.target}: {err}") from err
         if upload and self.remote is not None and self.remote.upload:
@@ -365,60 +361,10 @@ class Store:
         return None
 
     def prefetch(self, keys: list[str]) -> None:
-        """Read the action records of ``keys``, and the stat records of their blobs, in two queries.
+        """Read ahead the action records of ``keys`` and their blobs' stat records (store_readahead.py)."""
+        from .store_readahead import prefetch
 
-        A full-check no-op otherwise makes two database reads per target (its
-        record, then its blob's stat record), each costing more than the rest of
-        the target's check. The engine passes the keys each target had at its
-        last build (history.py), before the first decision. What is read ahead
-        only stands in for a read that finds something: a key with no record
-        here is asked again when it is looked up (a concurrent build may have
-        written it since), each record read ahead serves one lookup (the
-        engine's second lookup, under the key's lock, reads the database), and
-        a stat record serves only a blob whose stat still matches it
-        (:meth:`StatCache.prime`). The blobs themselves are checked as always.
-        """
-        texts = self._get_many([_ACTION + k for k in dict.fromkeys(keys)])
-        early: dict[str, ActionRecord] = {}
-        inodes: dict[str, tuple[int, int]] = {}
-        for db_key, text in texts.items():
-            try:
-                d = json.loads(text)
-                if d.get("format") != RECORD_FORMAT:
-                    continue
-                record = ActionRecord.from_json(d)
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue  # left for get_action, which names the unreadable record
-            early[record.key] = record
-            for e in record.manifest.entries:
-                try:
-                    st = os.stat(self.blob_path(e.digest, e.executable))
-                except (OSError, CacheCorrupt):
-                    continue
-                inodes[self.stat_cache.record_key(st)] = (st.st_dev, st.st_ino)
-        self._early.update(early)
-        found = self._get_many(list(inodes))
-        self.stat_cache.prime({inodes[k]: text for k, text in found.items()})
-
-    def _get_many(self, db_keys: list[str]) -> dict[str, str]:
-        """The text values of ``db_keys`` that are stored, read in one query per 500 keys.
-
-        diskcache has no multi-key read, so this asks its table directly; only
-        plain text values are taken (all our records are JSON text below
-        ``disk_min_file_size``); any other value, or a diskcache whose table
-        this does not understand, leaves the key to the usual ``get``.
-        """
-        found: dict[str, str] = {}
-        try:
-            for i in range(0, len(db_keys), 500):
-                chunk = db_keys[i:i + 500]
-                rows = self.cache._sql(
-                    "SELECT key, mode, value FROM Cache WHERE raw = 1 AND (expire_time IS NULL OR expire_time > ?)"
-                    f" AND key IN ({','.join('?' * len(chunk))})", (time.time(), *chunk)).fetchall()
-                found.update((k, v) for k, mode, v in rows if mode == diskcache.core.MODE_RAW and isinstance(v, str))
-        except Exception:  # noqa: BLE001 - an optimisation only: fall back to one get per key
-            return {}
-        return found
+        self._early.update(prefetch(self, keys))
 
     def get_action(self, key: str) -> ActionRecord | None:
         """The record stored under ``key``; None if absent or of an older format.
@@ -430,7 +376,7 @@ class Store:
             early = self._early.pop(key, None)
             if early is not None:
                 return early
-        text = self.cache.get(_ACTION + key)
+        text = self.cache.get(ACTION_PREFIX + key)
         if text is None:
             return None
         try:
@@ -441,9 +387,13 @@ class Store:
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise CacheCorrupt(f"action record {key} is unreadable: {err}") from err
 
+    def drop_action(self, key: str) -> None:
+        """Delete the action record of ``key`` (its blobs stay until gc finds them unused)."""
+        self.cache.delete(ACTION_PREFIX + key)
+
     def action_keys(self) -> list[str]:
         """Keys of all stored action records."""
-        return [k[len(_ACTION):] for k in self.cache.iterkeys() if isinstance(k, str) and k.startswith(_ACTION)]
+        return [k[len(ACTION_PREFIX):] for k in self.cache.iterkeys() if isinstance(k, str) and k.startswith(ACTION_PREFIX)]
 
     def missing_or_corrupt(self, manifest: Manifest) -> list[str]:
         """Problems with the blobs of ``manifest``, one line each (empty: all good).
@@ -501,116 +451,11 @@ class Store:
         """logs/<target>.log (path separators in the name are replaced)."""
         return self.logs / (target.replace("/", "_").replace(os.sep, "_") + ".log")
 
-    # -- maintenance -----------------------------------------------------
-
-    def _blob_files(self):
-        for sub in sorted(os.listdir(self.blobs)):
-            d = self.blobs / sub
-            if d.is_dir():
-                for name in sorted(os.listdir(d)):
-                    yield d / name
-
     def _blob_digest(self, path: Path) -> tuple[str, bool] | None:
         name = path.name
         exe = name.endswith("-x")
         digest = PREFIX + path.parent.name + (name[:-2] if exe else name)
         return (digest, exe) if _DIGEST.match(digest) else None
-
-    def stats(self) -> dict[str, Any]:
-        """Counts and sizes: action records, blobs, bytes, scratch sessions."""
-        blobs = size = 0
-        for p in self._blob_files():
-            blobs += 1
-            size += p.stat().st_size
-        return {
-            "root": str(self.root),
-            "actions": len(self.action_keys()),
-            "blobs": blobs,
-            "blob_bytes": size,
-            "scratch_sessions": len(os.listdir(self.tmp)),
-        }
-
-    def verify(self) -> list[str]:
-        """Re-hash every blob and check every record; return the problems."""
-        problems = []
-        for p in self._blob_files():
-            parsed = self._blob_digest(p)
-            if parsed is None:
-                problems.append(f"blobs/{p.parent.name}/{p.name}: not a blob name")
-                continue
-            started = time.time_ns()
-            st = os.stat(p)
-            digest = hash_file(p)
-            if digest != parsed[0]:
-                problems.append(f"blobs/{p.parent.name}/{p.name}: corrupt (content hashes to {digest})")
-            elif _same(os.stat(p), st):
-                self.stat_cache.remember(st, digest, recorded_ns=started)
-        for key in self.action_keys():
-            try:
-                rec = self.get_action(key)
-            except CacheCorrupt as err:
-                problems.append(str(err))
-                continue
-            if rec is None:
-                continue
-            for e in rec.manifest.entries:
-                p = self.blob_path(e.digest, e.executable)
-                if not p.is_file():
-                    problems.append(f"{rec.target} ({key}): blob {p.parent.name}/{p.name} for {e.path} is missing")
-        return problems
-
-    def gc(self, keep_keys: set[str], grace_s: float = 3600.0) -> dict[str, int]:
-        """Drop action records not in ``keep_keys`` and blobs no kept record uses.
-
-        Blobs touched (stored or linked) within ``grace_s`` seconds are kept:
-        they may belong to a step that a concurrent build is storing right now.
-        """
-        removed_actions = 0
-        referenced: set[Path] = set()
-        for key in self.action_keys():
-            rec = None
-            if key in keep_keys:
-                try:
-                    rec = self.get_action(key)
-                except CacheCorrupt:
-                    rec = None
-            if rec is None:
-                self.cache.delete(_ACTION + key)
-                removed_actions += 1
-                continue
-            referenced.update(self.blob_path(e.digest, e.executable) for e in rec.manifest.entries)
-        cutoff = time.time_ns() - int(grace_s * 1e9)
-        removed_blobs = freed = kept = 0
-        for p in self._blob_files():
-            st = os.stat(p)
-            if p in referenced or st.st_ctime_ns > cutoff:
-                kept += 1
-                continue
-            self.stat_cache.forget(st)
-            p.unlink()
-            removed_blobs += 1
-            freed += st.st_size
-        for sub in os.listdir(self.blobs):
-            try:
-                (self.blobs / sub).rmdir()  # only succeeds when empty
-            except OSError:
-                pass
-        return {
-            "actions_removed": removed_actions,
-            "actions_kept": len(self.action_keys()),
-            "blobs_removed": removed_blobs,
-            "blobs_kept": kept,
-            "bytes_freed": freed,
-            "scratch_removed": self._clean_stale_tmp(),
-        }
-
-    def clear(self) -> None:
-        """Remove every record, blob, log and stale scratch session."""
-        self.cache.clear()
-        for d in (self.blobs, self.logs, self.downloads):
-            _mat.remove_tree(d)
-            d.mkdir()
-        self._clean_stale_tmp()
 
     def close(self) -> None:
         """Close the database and release the scratch session (its directory, lock file and descriptor).
