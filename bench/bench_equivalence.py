@@ -79,6 +79,8 @@ def main() -> int:
             kind = head.split(":", 2)[1].strip() if head.count(":") >= 2 else head
             failures.setdefault(kind, []).append(f"{type(exc).__name__}: {message[:4000]}\n" + "\n".join(lines))
             print(f"[{machine.STATS['sequences']} sequences] failure: {head}", flush=True)
+            # The whole failure now, not only in the summary: a long run may be stopped before its end.
+            print(_details(exc, lines), flush=True)
             failed = head
         else:
             print(f"[{machine.STATS['sequences']} sequences, {machine.STATS['steps']} steps, "
@@ -106,6 +108,17 @@ def main() -> int:
     print()
     print("\n".join(ledger_totals(args.ledger)))
     return 1 if failures else 0
+
+
+def _details(exc: BaseException, lines: list[str]) -> str:
+    """The failure's message, the sub-exceptions of a group (Hypothesis's "flaky" error holds the
+    first run's failure there), and the steps Hypothesis reported."""
+    import traceback
+
+    text = ["--- failure " + "-" * 60, "".join(traceback.format_exception(exc))[-20000:]]
+    text += lines
+    text.append("-" * 72)
+    return "\n".join(text)
 
 
 def _commit() -> str:
