@@ -14,9 +14,11 @@ where the time went, and one block per distinct failure. Exit status 1 if
 any failure was found.
 
 Every finished chunk of sequences is also appended to a ledger
-(``--ledger``, default ``bench/_work/equivalence-ledger.jsonl``: the date, the
-commit and whether the work tree was clean, sequences, steps, failures), and
-the run ends by printing the ledger's totals per commit. A long profile of
+(``--ledger``, default ``bench/results/equivalence-ledger.jsonl``, which is kept
+in git so that a profile run in parts survives the machine it ran on: the date,
+the commit and whether the work tree was clean, sequences, steps, failures),
+and the run ends by printing the ledger's totals per commit; ``--totals`` only
+prints them. A long profile of
 2,000 sequences (about 8 hours on 2 cores) can so be run in parts, each part
 counted against the code it ran on; a run that is killed keeps the chunks it
 finished. MODELBUILD_EQUIV_SKIP=rule,rule leaves rules out
@@ -51,9 +53,13 @@ def main() -> int:
     ap.add_argument("--max-targets", type=int, default=12, help="graph size limit (default 12; starts with 3..this)")
     ap.add_argument("--chunk", type=int, default=20, help="sequences per hypothesis run (default 20)")
     ap.add_argument("--shrink", action="store_true", help="minimize each failure (slow: many extra builds)")
-    ap.add_argument("--ledger", type=Path, default=ROOT / "bench" / "_work" / "equivalence-ledger.jsonl",
+    ap.add_argument("--ledger", type=Path, default=ROOT / "bench" / "results" / "equivalence-ledger.jsonl",
                     help="append each finished chunk here and print the totals per commit")
+    ap.add_argument("--totals", action="store_true", help="only print the ledger's totals per commit")
     args = ap.parse_args()
+    if args.totals:
+        print("\n".join(ledger_totals(args.ledger)))
+        return 0
 
     machine.CONFIG.update(init_targets=(3, args.max_targets), max_targets=args.max_targets)
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if args.shrink else [])
