@@ -41,18 +41,22 @@ Usage::
     .venv/bin/python bench/bench_pairs.py --config llama-1b-ios --pairs 3 --workdir /tmp/pairs
     .venv/bin/python bench/bench_pairs.py --config smollm2-fp32 smollm2-8da4w --pairs 5 --workdir /tmp/pairs
     .venv/bin/python bench/bench_pairs.py --config smollm2-fp32 --size tiny --pairs 1 --workdir /tmp/p   # smoke test
-    .venv/bin/python bench/bench_pairs.py --config smollm2-8da4w --pairs 3 --workdir /tmp/pairs --resume
+    .venv/bin/python bench/bench_pairs.py --config smollm2-8da4w --pairs 5 --workdir /tmp/pairs \
+        --records bench/results/pairs --resume
 
-Every finished run's figures are written to ``run-<config>-<pair>-<tool>.json``
-in the work directory. With ``--resume``, a run whose record is there (and
-says it succeeded, with its ``.pte`` still in place) is read back instead of
-run again, so a long series stopped part way (a 135M 8da4w pair takes about
-an hour on 2 cores) is finished later without repeating what was measured;
-the printed line says "(recorded)". The pair order (A B, B A, ...) is the
-same either way.
+Every finished run's figures, with the structure of the ``.pte`` it wrote
+(read right after the run, outside the timing) and the commit it ran, are
+written to ``run-<config>-<size>-seq<N>-omp<T>-<pair>-<tool>.json`` in
+``--records`` (default: the work directory; ``bench/results/pairs`` is kept
+in git, so a series run in parts survives the machine it ran on). With ``--resume``, a run whose record
+is there and says it succeeded is read back instead of run again, so a long
+series stopped part way (a 135M 8da4w pair takes about an hour on 2 cores) is
+finished later without repeating what was measured; the printed line says
+"(recorded)". The pair order (A B, B A, ...) is the same either way, and the
+structural comparison needs only the records, not the ``.pte`` files.
 
-The 1B config needs up to ~9 GB of RAM per run; a 135M pair takes 10-20
-minutes on 2 cores. Run it on an otherwise idle machine: the load averages
+The 1B config needs up to ~9 GB of RAM per run; a 135M pair takes about 30
+(fp32) to 55 (8da4w) minutes on 2 cores. Run it on an otherwise idle machine: the load averages
 printed with every run say whether it was.
 """
 
@@ -97,6 +101,10 @@ class Run:
     pte: str = ""
     detail: str = ""
     steps: list = field(default_factory=list)
+    #: The written program's structure (``read_structures``), read once the run was measured.
+    structure: dict | None = None
+    #: The commit of this checkout when the run was made ("+dirty" when its tracked files differed).
+    commit: str = ""
 
 
 # -- measuring one process tree ------------------------------------------------------
@@ -294,17 +302,26 @@ def steps_of(report: Path) -> list[tuple[str, str, float, float]]:
     return [(n, t["status"], t["duration_s"], (t.get("peak_rss_bytes") or 0) / MB) for n, t in data["targets"].items()]
 
 
-def recorded(work: Path, tag: str) -> Run | None:
-    """The figures of an earlier successful run ``tag`` whose .pte is still there, or None."""
+def recorded(records: Path, tag: str) -> Run | None:
+    """The figures of an earlier successful run ``tag`` whose program structure was read, or None."""
     try:
-        run = Run(**json.loads((work / f"run-{tag}.json").read_text()))
+        run = Run(**json.loads((records / f"run-{tag}.json").read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    return run if run.ok and run.pte and Path(run.pte).exists() else None
+    return run if run.ok and run.structure else None
 
 
-def run_tool(tool: str, config: str, paths: dict, work: Path, tag: str, seq: int, env: dict, cgroup: Path | None) -> Run:
-    (work / f"run-{tag}.json").unlink(missing_ok=True)
+def checkout_commit() -> str:
+    """HEAD's commit, with "+dirty" when tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def run_tool(tool: str, config: str, paths: dict, work: Path, records: Path, tag: str, seq: int, env: dict,
+             cgroup: Path | None) -> Run:
+    (records / f"run-{tag}.json").unlink(missing_ok=True)
     if tool == "modelbuild":
         cmd, report, pte = modelbuild_cmd(config, paths, work, tag, seq)
         run = measure(tool, cmd, ROOT, work / f"log-{tag}.txt", env, cgroup)
@@ -314,9 +331,16 @@ def run_tool(tool: str, config: str, paths: dict, work: Path, tag: str, seq: int
         cmd, cwd, pte = export_llm_cmd(config, paths, work, tag, seq)
         run = measure(tool, cmd, cwd, work / f"log-{tag}.txt", env, cgroup)
     run.pte = str(pte) if pte.exists() else ""
+    run.commit = checkout_commit()
     if run.ok and not pte.exists():
         run.ok, run.detail = False, f"no .pte at {pte}"
-    (work / f"run-{tag}.json").write_text(json.dumps(asdict(run), indent=1))
+    if run.ok:
+        try:
+            run.structure = read_structures(run.pte)[0]
+        except RuntimeError as err:
+            run.detail = f"structure: {err}"
+    records.mkdir(parents=True, exist_ok=True)
+    (records / f"run-{tag}.json").write_text(json.dumps(asdict(run), indent=1))
     return run
 
 
@@ -366,13 +390,11 @@ def read_structures(*paths: str) -> list[dict]:
     return json.loads(done.stdout)
 
 
-def compare_ptes(a: str, b: str) -> list[str]:
-    """Lines comparing the two programs: per method, what is the same and what differs."""
-    try:
-        sa, sb = read_structures(a, b)
-    except RuntimeError as err:
-        return [f"  structure: {err}"]
-    return compare_structures(sa, sb)[1]
+def compare_runs(a: Run, b: Run) -> list[str]:
+    """Lines comparing the programs two runs wrote: per method, what is the same and what differs."""
+    if not (a.structure and b.structure):
+        return [f"  structure: not read ({a.detail or b.detail or 'no program'})"]
+    return compare_structures(a.structure, b.structure)[1]
 
 
 def compare_structures(sa: dict, sb: dict) -> tuple[bool, list[str]]:
@@ -464,7 +486,7 @@ def summary(config: str, pairs: list[tuple[Run, Run]], threads: int) -> list[str
         lines += [f"    {t:<22} {st:<8} {s:8.1f} s {rss:8.0f} MB" for t, st, s, rss in median_mb.steps]
     mb, et = good[-1]
     lines.append("  the two .pte files of the last pair, structurally:")
-    lines += compare_ptes(mb.pte, et.pte)
+    lines += compare_runs(mb, et)
     return lines
 
 
@@ -478,12 +500,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cgroup", type=Path, help="a writable cgroup directory: one child cgroup per run, its peak printed")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--records", type=Path, help="where each run's record is written (default: --workdir)")
     parser.add_argument("--resume", action="store_true",
-                        help="read back the runs already recorded in --workdir instead of running them again")
+                        help="read back the runs already recorded in --records instead of running them again")
     args = parser.parse_args(argv)
 
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    records = (args.records or work).resolve()
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
     print(f"work dir {work}; OMP_NUM_THREADS={args.threads} for both tools; {os.cpu_count()} cores", flush=True)
@@ -496,9 +520,10 @@ def main(argv: list[str] | None = None) -> int:
             order = ("modelbuild", "export_llm") if i % 2 == 0 else ("export_llm", "modelbuild")
             runs = {}
             for tool in order:
-                tag = f"{config}-{i}-{tool}"
-                earlier = recorded(work, tag) if args.resume else None
-                runs[tool] = earlier or run_tool(tool, config, paths, work, tag, args.max_seq_len, env, args.cgroup)
+                tag = f"{config}-{size}-seq{args.max_seq_len}-omp{args.threads}-{i}-{tool}"
+                earlier = recorded(records, tag) if args.resume else None
+                runs[tool] = earlier or run_tool(tool, config, paths, work, records, tag, args.max_seq_len, env,
+                                                 args.cgroup)
                 print(run_line(i, runs[tool]) + ("  (recorded)" if earlier else ""), flush=True)
             pairs.append((runs["modelbuild"], runs["export_llm"]))
             lines = summary(f"{config} ({size})", pairs, args.threads)
