@@ -287,7 +287,7 @@ class EquivalenceMachine(Edits, RuleBasedStateMachine):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        out, err = proc.communicate(timeout=60)
+        out, err = self.project.communicate(proc, env, 60)
         left = self.project.reap(env["EQ_RUN_ID"], grace_s=10.0)
         assert not left, f"step processes outlived a killed build by 10 s: {left}"
         if proc.returncode == -signal.SIGKILL:
@@ -367,7 +367,7 @@ class EquivalenceMachine(Edits, RuleBasedStateMachine):
         self._write_source(data, rel, content, restore)
         time.sleep(settle)
         Path(f"{gate}.go").touch()
-        out, err = proc.communicate(timeout=180)
+        out, err = self.project.communicate(proc, env, 180)
         done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         done.leftover = self.project.reap(env["EQ_RUN_ID"], grace_s=1.0)  # type: ignore[attr-defined]
         for suffix in (".started", ".go"):

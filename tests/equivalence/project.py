@@ -72,6 +72,23 @@ def read_tree(root: Path) -> Files:
     return files
 
 
+def _stack_of(pid: int) -> str:
+    """What one process is doing: its command line, state and kernel wait channel, and its
+    Python stack (py-spy, where installed)."""
+    def read(name: str) -> str:
+        try:
+            return Path(f"/proc/{pid}/{name}").read_text(errors="replace")
+        except OSError:
+            return ""
+    state = next((line for line in read("status").splitlines() if line.startswith("State:")), "State: gone")
+    head = f"--- pid {pid}: {read('cmdline').replace(chr(0), ' ').strip()[:300]}\n    {state}, wchan {read('wchan')}"
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return head + "\n    (no py-spy: no Python stack)"
+    done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+    return head + "\n" + (done.stdout or done.stderr).strip()
+
+
 def _processes_with(marker: str) -> list[int]:
     """Processes whose environment holds ``marker`` (steps of one build)."""
     needle = marker.encode()
@@ -194,13 +211,28 @@ class Project:
         env = env or self.env()
         start = time.monotonic()
         try:
-            proc = subprocess.run(self.argv(*args), cwd=self.root, env=env, capture_output=True, text=True,
-                                  timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
+            popen = subprocess.Popen(self.argv(*args), cwd=self.root, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+            out, err = self.communicate(popen, env, TIMEOUT_S)
         finally:
             left = self.reap(env["EQ_RUN_ID"], grace_s=1.0)
             TIMES[args[0]] = TIMES.get(args[0], 0.0) + time.monotonic() - start
+        proc = subprocess.CompletedProcess(popen.args, popen.returncode, out, err)
         proc.leftover = left  # type: ignore[attr-defined]
         return proc
+
+    def communicate(self, proc: subprocess.Popen, env: dict[str, str], timeout: float) -> tuple[str, str]:
+        """``proc.communicate`` with a limit; a command still running after it fails the sequence
+        with the stacks of every process of that command (a hang is a finding, not noise)."""
+        try:
+            return proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pids = [proc.pid] + [p for p in _processes_with(env["EQ_RUN_ID"]) if p != proc.pid]
+            stacks = "\n".join(_stack_of(pid) for pid in pids)
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"hung: {' '.join(map(str, proc.args[3:]))} still ran after {timeout:.0f} s\n"
+                                 f"stderr so far:\n{err[-4000:]}\nprocesses:\n{stacks}") from None
 
     def start(self, *args: str, env: dict[str, str]) -> subprocess.Popen:
         return subprocess.Popen(self.argv(*args), cwd=self.root, env=env, stdout=subprocess.PIPE,
