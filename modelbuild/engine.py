@@ -317,6 +317,10 @@ class Engine(LazyInputs):
         results: dict[str, TargetResult] = {}
         self._wanted, self._results = set(names), results
         self.executor.check(self.graph, order, keep_going=self.keep_going)  # e.g. no Dask worker has macos
+        # A killed build may have left a half-written tree beside an output that this build
+        # does not write again (its target skipped or failed): out/ holds no scratch after a build.
+        for parent in {(self.out_dir / name).parent for name in order}:
+            self.store.sweep_scratch(parent)
         with Workers(self.jobs, "modelbuild") as pool:  # pool.py: not concurrent.futures (its import costs)
             try:
                 self._schedule(pool, order, results)

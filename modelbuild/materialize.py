@@ -44,6 +44,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 import stat as statmod
 from contextlib import contextmanager
@@ -365,24 +366,71 @@ _RANK = {"reflink": 0, "hardlink": 1, "copy": 2}
 #: directory -> (its mtime_ns, names of the scratch trees in it), so that
 #: restoring N targets into out/ lists out/ once, not N times (N^2 entries).
 _SCRATCH: dict[str, tuple[int, list[str]]] = {}
+#: A scratch tree's name: ``.<dest>.mb-<pid>-<8 hex>`` (a restore being written) or
+#: ``.<dest>.mb-old-<8 hex>`` (the tree it replaced, being removed).
+_SCRATCH_NAME = re.compile(r"\.(?P<dest>.+)\.mb-(?:\d+|old)-[0-9a-f]{8}")
 
 
-def _scratch_siblings(dest: Path) -> list[Path]:
-    """Scratch trees (``.<name>.mb-*``) of ``dest`` left in its directory by a kill.
+def _scratch_names(parent: str) -> list[str]:
+    """Names in ``parent`` that may be scratch trees.
 
     Creating or removing an entry moves the directory's mtime, so a listing is
     reused while the mtime is unchanged. (A tree that appeared within the same
     clock tick as the listing is found once the directory changes again; until
     then it is a harmless hidden directory.)
     """
-    parent = os.fspath(dest.parent)
     mtime = os.stat(parent).st_mtime_ns
     known = _SCRATCH.get(parent)
     if known is None or known[0] != mtime:
         with os.scandir(parent) as entries:
             known = _SCRATCH[parent] = (mtime, [e.name for e in entries if ".mb-" in e.name])
+    return known[1]
+
+
+def _scratch_siblings(dest: Path) -> list[Path]:
+    """Scratch trees (``.<name>.mb-*``) of ``dest`` left in its directory by a kill."""
     prefix = f".{dest.name}.mb-"
-    return [dest.parent / name for name in known[1] if name.startswith(prefix)]
+    return [dest.parent / name for name in _scratch_names(os.fspath(dest.parent)) if name.startswith(prefix)]
+
+
+def _out_lock(lock_dir: Path, dest: Path) -> Path:
+    """The lock file held while ``dest`` (absolute) is written or its scratch trees removed."""
+    return Path(lock_dir) / f"out-{hash_bytes(os.fsencode(dest))[3:35]}.lock"
+
+
+def sweep_scratch(parent: Path, lock_dir: Path) -> int:
+    """Remove the scratch trees that killed builds left in ``parent`` (out/); how many were removed.
+
+    :func:`materialize` removes the scratch of the tree it writes; this is for
+    the trees a build does not write (a target skipped after a failure keeps
+    its old output, and must not keep a half-written sibling beside it). Each
+    is removed under its destination's lock, so a restore that a concurrent
+    build is writing is never touched: a scratch tree still there once its
+    lock is held is a leftover. One that cannot be removed is left to the next
+    restore of its target.
+    """
+    parent = Path(os.path.abspath(parent))
+    try:
+        names = _scratch_names(os.fspath(parent))
+    except FileNotFoundError:
+        return 0
+    except OSError as err:
+        raise StoreError(f"cannot list {parent}: {err.strerror}") from err
+    removed = 0
+    for name in list(names):
+        match = _SCRATCH_NAME.fullmatch(name)
+        if match is None:
+            continue
+        with _locked(_out_lock(lock_dir, parent / match["dest"])):
+            path = parent / name
+            if not os.path.lexists(path):
+                continue  # renamed into place or removed by its own restore
+            try:
+                remove_tree(path)
+            except OSError:
+                continue
+            removed += 1
+    return removed
 
 
 def materialize(manifest: Manifest, dest: Path, *, blob_path: BlobPath, stat_cache: StatCache,
@@ -402,8 +450,7 @@ def materialize(manifest: Manifest, dest: Path, *, blob_path: BlobPath, stat_cac
     if prefer not in METHODS:
         raise StoreError(f"unknown materialization method {prefer!r}: expected one of {', '.join(METHODS)}")
     dest = Path(os.path.abspath(dest))
-    lock_name = hash_bytes(os.fsencode(dest))[3:35]
-    with _locked(Path(lock_dir) / f"out-{lock_name}.lock"):
+    with _locked(_out_lock(lock_dir, dest)):
         # Under the lock, any sibling scratch tree is left over from a kill.
         try:
             stale = _scratch_siblings(dest)

@@ -432,6 +432,10 @@ class Store(StoreMaintenance):
         return _mat.materialize(manifest, dest, blob_path=self.blob_path,
                                 stat_cache=self.stat_cache, lock_dir=self.locks, seen=seen)
 
+    def sweep_scratch(self, parent: Path) -> int:
+        """Remove what killed restores left in ``parent`` (out/): materialize.sweep_scratch."""
+        return _mat.sweep_scratch(parent, self.locks)
+
     def remove_output(self, dest: Path) -> None:
         """Remove a materialized ``out/<target>/`` (for ``clean``) without
         invalidating the stat records of its blobs."""

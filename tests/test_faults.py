@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from tests.conftest import run_cli
 
@@ -92,6 +94,36 @@ def test_two_builders_run_a_step_once(project):
     assert second.returncode == 0, err2
     assert (project.root / "runs.log").read_text() == "run\n"
     assert (project.out / "once" / "x").read_text() == "x\n"
+
+
+def test_a_half_written_tree_beside_a_skipped_target_is_removed(project):
+    """A build killed while it restored ``b`` leaves ``out/.b.mb-<pid>-<hex>``. The next build
+    that writes ``b`` removes it; one in which ``b`` is skipped (its input failed) must too,
+    or out/ keeps the half-written tree (found by the equivalence profile)."""
+    recipe = """
+        [targets.a]
+        step = "command"
+        command = "{command}"
+        outs = ["a.txt"]
+
+        [targets.b]
+        step = "command"
+        inputs = {{ a = "a" }}
+        command = "cat $MODELBUILD_INPUT_A/a.txt > $MODELBUILD_OUT/b.txt"
+        outs = ["b.txt"]
+    """
+    project.recipe(recipe.format(command="echo a > $MODELBUILD_OUT/a.txt"))
+    assert run_cli("build", "b", cwd=project.root).returncode == 0
+    stale = project.out / ".b.mb-99999-0badf00d"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "b.txt").write_text("half")
+    project.recipe(recipe.format(command="exit 3"))
+    done = run_cli("build", "b", "-k", "--json", cwd=project.root)
+    assert done.returncode == 1, done.stderr
+    statuses = {name: t["status"] for name, t in json.loads(done.stdout)["targets"].items()}
+    assert statuses == {"a": "failed", "b": "skipped"}
+    assert sorted(p.name for p in project.out.iterdir()) == ["a", "b"]
+    assert (project.out / "b" / "b.txt").read_text() == "a\n"  # the old output stays, alone
 
 
 def test_recipe_error_is_one_line_and_exit_1(project):

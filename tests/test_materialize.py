@@ -263,6 +263,41 @@ def test_stale_scratch_from_a_killed_restore_is_removed(store, tmp_path):
     assert not stale.exists()
 
 
+def test_the_sweep_removes_what_killed_restores_left_and_nothing_else(store, tmp_path):
+    out = tmp_path / "out"
+    (out / "kept").mkdir(parents=True)
+    left = [out / ".a.mb-4242-0badf00d", out / ".b.c.mb-old-deadbeef"]
+    for path in left:
+        (path / "sub").mkdir(parents=True)
+        (path / "sub" / "half").write_bytes(b"x")
+        os.chmod(path / "sub", 0o555)
+    others = [out / ".a.mb-notours", out / ".hidden", out / "a.mb-1-0badf00d"]
+    for path in others:
+        path.write_text("not scratch")
+    assert store.sweep_scratch(out) == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted(["kept", *(p.name for p in others)])
+    assert store.sweep_scratch(tmp_path / "no-out-yet") == 0
+
+
+def test_the_sweep_waits_for_a_restore_in_progress(store, tmp_path):
+    """A scratch tree is a leftover only if it is still there once its output's lock is held:
+    a concurrent build writing it holds the lock, and renames it into place before letting go."""
+    import threading
+
+    out = tmp_path / "out"
+    scratch = out / ".t.mb-4242-0badf00d"
+    scratch.mkdir(parents=True)
+    swept: list[int] = []
+    with mat._locked(mat._out_lock(store.locks, out / "t")):
+        thread = threading.Thread(target=lambda: swept.append(store.sweep_scratch(out)))
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive() and scratch.exists()  # waiting for the lock, not removing a live tree
+        os.rename(scratch, out / "t")  # the restore completes
+    thread.join(10)
+    assert swept == [0] and (out / "t").is_dir()
+
+
 def test_empty_manifest(store, tmp_path):
     assert store.materialize(Manifest(), tmp_path / "out") == "empty"
     assert list((tmp_path / "out").iterdir()) == []
