@@ -3,9 +3,10 @@
 The engine decides *what* runs; this module only knows *how* to run one job:
 write the job file, start ``python -m modelbuild.worker``, relay its progress
 lines, and turn its exit (clean, StepError, platform, crash, signal) into a
-:class:`JobOutcome`. The child and its process group die with the parent
-(PR_SET_PDEATHSIG on Linux), so a killed build leaves no step running behind
-it; an interrupted build stops its steps with :func:`terminate_all`.
+:class:`JobOutcome`. The child leads a process group of its own and dies with
+the parent, taking that group along (the worker sets PR_SET_PDEATHSIG on
+Linux, see worker.py), so a killed build leaves no step running behind it; an
+interrupted build stops its steps with :func:`terminate_all`.
 """
 
 from __future__ import annotations
@@ -56,19 +57,9 @@ class JobOutcome:
     worker: str | None = None
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # A process group of its own, so the worker can take the step's own
-    # children (e.g. a command's shell) down with it; and SIGTERM when the
-    # build tool dies, even by SIGKILL, which the worker turns into killpg.
-    os.setsid()
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+#: The build tool's pid, for the worker to check that it was not orphaned before it
+#: asked to die with its parent (worker.die_with_parent).
+PARENT_ENV = "MODELBUILD_PARENT_PID"
 
 
 def run_job(job: dict[str, Any], job_dir: Path, on_progress: Callable[[dict], None] | None = None) -> JobOutcome:
@@ -100,9 +91,18 @@ def spawn_worker(args: list[str], cwd: str, *, stdin: Any = subprocess.DEVNULL) 
 
     The process is registered so :func:`terminate_all` stops it; the caller
     :func:`forget`\s it once it has exited.
+
+    No Python code runs between fork and exec (no ``preexec_fn``): the build
+    spawns steps from several threads, and a child forked while another
+    thread was importing a module inherits that module's lock held by a
+    thread it does not have; its first import of the module then waits
+    forever, and so does the build (found by the equivalence profile: a
+    restore importing ``ctypes`` while a sibling forked). The new session is
+    made by ``start_new_session``; dying with the parent is the worker's job.
     """
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[PARENT_ENV] = str(os.getpid())
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelbuild.worker", *args],
         stdin=stdin,
@@ -111,7 +111,7 @@ def spawn_worker(args: list[str], cwd: str, *, stdin: Any = subprocess.DEVNULL) 
         cwd=cwd,
         env=env,
         text=True,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        start_new_session=True,
     )
     with _RUNNING_LOCK:
         _RUNNING.add(proc)

@@ -72,6 +72,28 @@ def _kill_group(signum, frame) -> None:  # pragma: no cover - signal path
     os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
+def die_with_parent() -> None:
+    """Be sent SIGTERM (then :func:`_kill_group`) when the build tool dies, even by SIGKILL.
+
+    PR_SET_PDEATHSIG is set here, first thing, rather than between fork and
+    exec (executor.spawn_worker says why). A tool that died before this ran
+    left the worker orphaned already: its parent is no longer the pid the
+    tool passed down, and the worker's group goes at once.
+    """
+    parent = os.environ.pop("MODELBUILD_PARENT_PID", None)  # executor.PARENT_ENV; the step does not see it
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not glibc: the build's own Ctrl-C handling still applies
+        return
+    if os.getppid() != int(parent):
+        os.kill(os.getpid(), signal.SIGTERM)  # as if the death signal had come: the group goes
+
+
 def _redirect_output(log: str) -> None:
     """Send everything the step prints (fds 1 and 2, and Python's streams) to its log."""
     log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -151,6 +173,7 @@ def run_one(job: dict, progress, values: dict | None = None, keep: bool = False)
 def main(job_path: str) -> int:
     if os.getpgrp() == os.getpid():
         signal.signal(signal.SIGTERM, _kill_group)
+    die_with_parent()
     job = json.loads(Path(job_path).read_text())
     # Keep the real stdout for progress; send everything the step prints to its log.
     progress = os.fdopen(os.dup(1), "w", buffering=1)
@@ -176,6 +199,7 @@ def session() -> int:
 
     if os.getpgrp() == os.getpid():
         signal.signal(signal.SIGTERM, _kill_group)
+    die_with_parent()
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     requests = sys.stdin
     own_threads = {var: var in os.environ for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
