@@ -17,8 +17,9 @@ Every finished chunk of sequences is also appended to a ledger
 (``--ledger``, default ``bench/results/equivalence-ledger.jsonl``, which is kept
 in git so that a profile run in parts survives the machine it ran on: the date,
 the commit and whether the work tree was clean, sequences, steps, failures),
-and the run ends by printing the ledger's totals per commit; ``--totals`` only
-prints them. A long profile of
+and the run ends by printing the ledger's totals per version of ``modelbuild/``
+(commits that changed only tests, docs or benchmarks count together);
+``--totals`` only prints them. A long profile of
 2,000 sequences (about 8 hours on 2 cores) can so be run in parts, each part
 counted against the code it ran on; a run that is killed keeps the chunks it
 finished. MODELBUILD_EQUIV_SKIP=rule,rule leaves rules out
@@ -55,7 +56,7 @@ def main() -> int:
     ap.add_argument("--shrink", action="store_true", help="minimize each failure (slow: many extra builds)")
     ap.add_argument("--ledger", type=Path, default=ROOT / "bench" / "results" / "equivalence-ledger.jsonl",
                     help="append each finished chunk here and print the totals per commit")
-    ap.add_argument("--totals", action="store_true", help="only print the ledger's totals per commit")
+    ap.add_argument("--totals", action="store_true", help="only print the ledger's totals per version of modelbuild/")
     args = ap.parse_args()
     if args.totals:
         print("\n".join(ledger_totals(args.ledger)))
@@ -142,23 +143,39 @@ def _append(ledger: Path, entry: dict) -> None:
 
 
 def ledger_totals(ledger: Path) -> list[str]:
-    """The ledger's sequences and failures per commit, oldest first, and in all."""
-    per: dict[str, list[int]] = {}
+    """The ledger's sequences and failed chunks per version of ``modelbuild/`` (the git tree of that
+    directory at the chunk's commit; a dirty work tree is its own version), oldest first, and in all."""
     try:
         entries = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
     except (OSError, ValueError):
         return [f"ledger {ledger}: unreadable or empty"]
+    trees: dict[str, str] = {}
+
+    def version(commit: str) -> str:
+        if commit.endswith("+dirty"):
+            return f"uncommitted changes on {commit.removesuffix('+dirty')}"
+        if commit not in trees:
+            done = subprocess.run(["git", "rev-parse", "--short=12", f"{commit}:modelbuild"], cwd=ROOT,
+                                  capture_output=True, text=True)
+            trees[commit] = done.stdout.strip() if done.returncode == 0 else f"unknown (commit {commit})"
+        return trees[commit]
+
+    per: dict[str, dict] = {}
     for e in entries:
-        row = per.setdefault(e["commit"], [0, 0, 0, e["date"], e["date"]])
-        row[0] += e["sequences"]
-        row[1] += e["steps"]
-        row[2] += e["failure"] is not None
-        row[4] = e["date"]
-    lines = [f"ledger {ledger}:", "| commit | sequences | steps | failed chunks | from | to |",
-             "| --- | ---: | ---: | ---: | --- | --- |"]
-    lines += [f"| {c} | {n} | {st} | {f} | {a} | {b} |" for c, (n, st, f, a, b) in per.items()]
-    lines.append(f"| all | {sum(r[0] for r in per.values())} | {sum(r[1] for r in per.values())} "
-                 f"| {sum(r[2] for r in per.values())} | | |")
+        row = per.setdefault(version(e["commit"]), {"commits": [], "n": 0, "steps": 0, "failed": 0,
+                                                    "from": e["date"], "to": e["date"]})
+        if e["commit"] not in row["commits"]:
+            row["commits"].append(e["commit"])
+        row["n"] += e["sequences"]
+        row["steps"] += e["steps"]
+        row["failed"] += e["failure"] is not None
+        row["to"] = e["date"]
+    lines = [f"ledger {ledger}:", "| modelbuild/ tree | commits | sequences | steps | failed chunks | from | to |",
+             "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+    lines += [f"| {tree} | {' '.join(c[:7] for c in r['commits'])} | {r['n']} | {r['steps']} | {r['failed']} "
+              f"| {r['from']} | {r['to']} |" for tree, r in per.items()]
+    lines.append(f"| all | | {sum(r['n'] for r in per.values())} | {sum(r['steps'] for r in per.values())} "
+                 f"| {sum(r['failed'] for r in per.values())} | | |")
     return lines
 
 
