@@ -109,6 +109,8 @@ class Engine(LazyInputs):
         self._read: dict[str, _Consumed] = {}
         #: out/<target>/ and its files -> stat signature, as a restore found them in place (materialize.py)
         self._out_seen: dict[str, tuple[int, ...]] = {}
+        #: (output file, its blob's digest, executable) of every output this build restored or wrote
+        self._out_blobs: list[tuple[str, str, bool]] = []
         # Moving references (a Hub branch) are pinned before keying (resolve.py); --refresh asks again.
         self.resolver = Resolver(self.project, store.root, refresh=refresh)
 
@@ -429,7 +431,31 @@ class Engine(LazyInputs):
                 if path.is_dir():
                     files.update((str(p), None) for p in path.rglob("*"))
         files.update(self._out_seen)  # outputs restored in place: the fast path need not walk them again
+        files.update(self._unlinked_blobs())
         return dict(sorted(files.items()))
+
+    def _unlinked_blobs(self) -> dict[str, None]:
+        """The blobs of output files that are not hard links to them, for the fast path to stat.
+
+        The fast path watches out/, and an output that *is* its blob shows any damage to
+        the blob in its own ctime. One that is not (placed by reflink or copy, or kept in
+        place after ``cache clear`` because it held the right bytes) does not: without its
+        blob watched, a blob removed or changed in the cache would pass for "nothing changed".
+        """
+        blobs: dict[str, None] = {}
+        for out_file, digest, executable in self._out_blobs:
+            blob = str(self.store.blob_path(digest, executable))
+            try:
+                a, b = os.stat(out_file), os.stat(blob)
+                if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+                    continue
+            except OSError:
+                pass
+            blobs[blob] = None
+        return blobs
+
+    def _note_blobs(self, dest: Path, manifest) -> None:
+        self._out_blobs.extend((os.path.join(dest, e.path), e.digest, e.executable) for e in manifest.entries)
 
     def _build_one(self, node: Node, upstream: dict[str, TargetResult], claim: Claim) -> TargetResult:
         prepared: Prepared | None = None
@@ -482,6 +508,7 @@ class Engine(LazyInputs):
             claim.skip()
             try:
                 self.store.materialize(record.manifest, dest, seen=self._out_seen)
+                self._note_blobs(dest, record.manifest)
             except CacheCorrupt as exc:
                 unmet = self.executor.unmet(node.requirements(self.graph.nodes))
                 if unmet:  # another host's shared result failed its check, and this host cannot run the step
@@ -506,6 +533,7 @@ class Engine(LazyInputs):
             return TargetResult(name, step_name, FAILED, outcome.reason, prepared.reasons, prepared.key,
                                 duration_s=outcome.duration_s, log=log, peak_rss_bytes=outcome.peak_rss_bytes)
         self.store.materialize(record.manifest, dest)
+        self._note_blobs(dest, record.manifest)
         return TargetResult(
             name, step_name, BUILT, reason, prepared.reasons, prepared.key, record.manifest.digest,
             record.manifest.size, outcome.duration_s, dest, log, record.summary,

@@ -16,7 +16,9 @@ everything the build's action keys and outputs were derived from:
   ``PYTHONPATH`` directory counts as much as site-packages, and ``sys.path``
   itself, but for its first entry, is part of the state's identity),
 - every materialized output file under out/ (outputs are hard links to
-  read-only blobs, so a change to either shows in the ctime).
+  read-only blobs, so a change to either shows in the ctime), and the blob
+  of each output file that is not its link (a reflink or a copy, or a file
+  kept in place after ``cache clear``: engine._unlinked_blobs).
 
 For sources and step code the signature is the one the engine took *before
 it read the file* (``BuildResult.watched``), not a fresh stat: a file edited

@@ -358,3 +358,35 @@ def test_the_process_start_is_exact_to_a_clock_tick():
     start, child_now = map(int, out.stdout.split())
     tick = 10**9 // os.sysconf("SC_CLK_TCK")
     assert spawned - 2 * tick <= start <= child_now
+
+
+@pytest.mark.parametrize("how", ["after cache clear", "copied outputs"])
+def test_the_fast_path_sees_a_blob_removed_from_under_an_output_that_is_not_its_link(project, how):
+    """The fast path watches out/ and counts on outputs being hard links to their blobs, so
+    that damage to a blob shows in the output's ctime. An output that is not a link to its
+    blob (kept in place after ``cache clear`` because it already held the right bytes, or
+    placed by copy) must have its blob watched too: a removed blob is a cache that cannot
+    serve the target, not "nothing changed" (found by the equivalence long profile)."""
+    env = {"MODELBUILD_MATERIALIZE": "copy"} if how == "copied outputs" else {}
+    project.recipe("""
+        [targets.t]
+        step = "command"
+        command = "echo t > $MODELBUILD_OUT/o.txt"
+        outs = ["o.txt"]
+    """)
+    assert run_cli("build", "t", cwd=project.root, env=env).returncode == 0
+    if how == "after cache clear":
+        assert run_cli("cache", "clear", cwd=project.root).returncode == 0
+        assert run_cli("build", "t", cwd=project.root, env=env).returncode == 0  # out/t held the bytes: kept
+    [blob] = [p for p in (project.cache / "blobs").rglob("*") if p.is_file()]
+    assert os.stat(blob).st_ino != os.stat(project.out / "t" / "o.txt").st_ino
+    time.sleep(2.1)  # past the racy window: the next no-op records a state the fast path trusts
+    assert run_cli("build", "t", cwd=project.root, env=env).returncode == 0
+    settled = run_cli("build", "t", cwd=project.root, env=env)
+    assert "nothing changed" in settled.stderr, settled.stderr  # the fast path answers now
+    os.chmod(blob.parent, 0o755)
+    blob.unlink()
+    after = run_cli("build", "t", cwd=project.root, env=env)  # the same options: the same no-op state
+    assert after.returncode == 0, after.stderr
+    assert "nothing changed" not in after.stderr and "1 built" in after.stderr, after.stderr
+    assert blob.exists()
