@@ -446,8 +446,12 @@ class Engine(LazyInputs):
         for out_file, digest, executable in self._out_blobs:
             blob = str(self.store.blob_path(digest, executable))
             try:
-                a, b = os.stat(out_file), os.stat(blob)
-                if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+                seen = self._out_seen.get(out_file)  # a restore found it in place: stat'ed already
+                if seen is None:
+                    st = os.stat(out_file)
+                    seen = (st.st_dev, st.st_ino)
+                b = os.stat(blob)
+                if tuple(seen[:2]) == (b.st_dev, b.st_ino):
                     continue
             except OSError:
                 pass

@@ -73,13 +73,15 @@ def _kill_group(signum, frame) -> None:  # pragma: no cover - signal path
 
 
 def die_with_parent() -> None:
-    """Be sent SIGTERM (then :func:`_kill_group`) when the build tool dies, even by SIGKILL.
+    """Be sent SIGTERM (then :func:`_kill_group`, installed here) when the build tool dies, even by SIGKILL.
 
     PR_SET_PDEATHSIG is set here, first thing, rather than between fork and
     exec (executor.spawn_worker says why). A tool that died before this ran
     left the worker orphaned already: its parent is no longer the pid the
     tool passed down, and the worker's group goes at once.
     """
+    if os.getpgrp() == os.getpid():  # a group of its own (spawn_worker): the step's children go with it
+        signal.signal(signal.SIGTERM, _kill_group)
     parent = os.environ.pop("MODELBUILD_PARENT_PID", None)  # executor.PARENT_ENV; the step does not see it
     if parent is None or not sys.platform.startswith("linux"):
         return
@@ -171,8 +173,6 @@ def run_one(job: dict, progress, values: dict | None = None, keep: bool = False)
 
 
 def main(job_path: str) -> int:
-    if os.getpgrp() == os.getpid():
-        signal.signal(signal.SIGTERM, _kill_group)
     die_with_parent()
     job = json.loads(Path(job_path).read_text())
     # Keep the real stdout for progress; send everything the step prints to its log.
@@ -197,8 +197,6 @@ def session() -> int:
     """
     import gc
 
-    if os.getpgrp() == os.getpid():
-        signal.signal(signal.SIGTERM, _kill_group)
     die_with_parent()
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     requests = sys.stdin
