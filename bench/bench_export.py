@@ -35,8 +35,18 @@ counted). ``--variants`` picks fewer variants (the Core ML check still applies).
 
 Usage::
 
-    .venv/bin/python bench/bench_export.py --pairs 3 --workdir /tmp/matrix135
+    .venv/bin/python bench/bench_export.py --pairs 3 --workdir /tmp/matrix135 \
+        --records bench/results/matrix --resume
     .venv/bin/python bench/bench_export.py --size tiny --pairs 1 --workdir /tmp/matrix-tiny   # smoke test
+
+Every finished row is written to ``run-matrix-<size>-seq<N>-j<jobs>-omp<T>-<variants>-round<i>-<row>.json``
+in ``--records`` (default: the work directory; ``bench/results/matrix`` is kept
+in git): its figures, the commit it ran, and what each variant's ``.pte`` is
+(structure, what a Core ML delegate holds, its sha256), read after the run
+outside the timing. With ``--resume`` a recorded successful row is read back
+instead of run again (its line says "(recorded)"), so a series of rounds that
+each take hours can be finished in parts, on another machine, and compared
+from the records alone.
 
 A 135M round takes about an hour on 2 cores; run it on an idle machine (the
 load averages printed with every run say whether it was).
@@ -45,12 +55,14 @@ load averages printed with every run say whether it was).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,11 +70,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import llm_inputs  # noqa: E402
 from bench_pairs import (  # noqa: E402
     Run,
+    checkout_commit,
     compare_structures,
     measure,
     prepare,
     ratio_lines,
     read_structures,
+    recorded,
     run_line,
     steps_of,
 )
@@ -136,12 +150,16 @@ print(json.dumps([inside(p) for p in sys.argv[1:]]))
 """
 
 
-def coreml_inside(a: str, b: str) -> tuple[bool, list[str]]:
-    """Compare what the Core ML delegates of two .pte files hold: (the same, lines)."""
-    done = subprocess.run([PY, "-c", COREML_INSIDE, a, b], cwd=ROOT, capture_output=True, text=True)
+def read_coreml(*paths: str) -> list[list[dict]]:
+    """What the Core ML delegates of each .pte hold (COREML_INSIDE, in a child process); RuntimeError if unreadable."""
+    done = subprocess.run([PY, "-c", COREML_INSIDE, *paths], cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
-        return False, [f"    Core ML delegates: could not read them ({done.stderr.strip().splitlines()[-1:]})"]
-    da, db = json.loads(done.stdout)
+        raise RuntimeError(f"could not read the Core ML delegates ({done.stderr.strip().splitlines()[-1:]})")
+    return json.loads(done.stdout)
+
+
+def compare_coreml(da: list[dict], db: list[dict]) -> tuple[bool, list[str]]:
+    """Compare what the Core ML delegates of two .pte files hold: (the same, lines)."""
     if len(da) != len(db):
         return False, [f"    Core ML delegates: {len(da)} vs {len(db)}"]
     same_all, lines = True, []
@@ -161,29 +179,43 @@ def coreml_inside(a: str, b: str) -> tuple[bool, list[str]]:
     return same_all, lines
 
 
-def compare_variants(mb_out: Path, et_out: Path, mb_j1_out: Path | None, variants: list[str]) -> tuple[dict, list[str]]:
-    """Per variant: are modelbuild's and export_llm's programs the same? ({variant: bool}, lines)."""
+def read_programs(run: Run, files: dict[str, Path]) -> None:
+    """Record in ``run.structure`` what each variant's .pte is ({variant: structure, Core ML inside, sha256}).
+
+    Read after the run was measured, so that a resumed series compares programs from the records alone.
+    """
+    try:
+        structures = read_structures(*(str(f) for f in files.values()))
+        coreml_files = {v: str(f) for v, f in files.items() if v.startswith("coreml")}
+        coreml = dict(zip(coreml_files, read_coreml(*coreml_files.values()))) if coreml_files else {}
+    except RuntimeError as err:
+        run.ok, run.detail = False, f"structure: {err}"
+        return
+    run.structure = {v: {"structure": st, "coreml": coreml.get(v),
+                         "sha256": hashlib.sha256(files[v].read_bytes()).hexdigest()}
+                     for v, st in zip(files, structures)}
+
+
+def compare_variants(mb: Run, et: Run, mb_j1: Run | None, variants: list[str]) -> tuple[dict, list[str]]:
+    """Per variant: are the programs of modelbuild's and export_llm's rows the same? ({variant: bool}, lines)."""
     verdict, lines = {}, []
     for v in variants:
-        a, b = mb_out / v / "model.pte", et_out / f"{v}.pte"
+        a, b = (mb.structure or {}).get(v), (et.structure or {}).get(v)
         lines.append(f"  {v}:")
-        if not (a.exists() and b.exists()):
+        if a is None or b is None:
             verdict[v] = False
-            lines.append(f"    missing: {a if not a.exists() else b}")
+            lines.append(f"    not read: {mb.detail if a is None else et.detail}")
             continue
-        try:
-            sa, sb = read_structures(str(a), str(b))
-            same, more = compare_structures(sa, sb)
-        except RuntimeError as err:
-            same, more = False, [f"  structure: {err}"]
+        same, more = compare_structures(a["structure"], b["structure"])
         lines += ["  " + line for line in more]
         if v.startswith("coreml"):
-            inner_same, inner = coreml_inside(str(a), str(b))
+            inner_same, inner = compare_coreml(a["coreml"], b["coreml"])
             same = same and inner_same
             lines += inner
-        if mb_j1_out is not None and (mb_j1_out / v / "model.pte").exists():
-            identical = (mb_j1_out / v / "model.pte").read_bytes() == a.read_bytes()
-            lines.append(f"    modelbuild -j 1 and -j N .pte byte-identical: {'yes' if identical else 'NO'}")
+        j1 = (mb_j1.structure or {}).get(v) if mb_j1 is not None else None
+        if j1 is not None:
+            lines.append(f"    modelbuild -j 1 and -j N .pte byte-identical: "
+                         f"{'yes' if j1['sha256'] == a['sha256'] else 'NO'}")
         verdict[v] = same
         lines.append(f"    => {'the same program' if same else 'NOT the same program'}")
     return verdict, lines
@@ -193,7 +225,7 @@ def compare_variants(mb_out: Path, et_out: Path, mb_j1_out: Path | None, variant
 
 
 def modelbuild_row(label: str, project: Path, variants: list[str], work: Path, tag: str, jobs: int,
-                   env: dict, cgroup: Path | None) -> tuple[Run, Path]:
+                   env: dict, cgroup: Path | None) -> Run:
     cache, out, report = work / f"cache-{tag}", work / f"out-{tag}", work / f"report-{tag}.json"
     for d in (cache, out):
         shutil.rmtree(d, ignore_errors=True)
@@ -202,14 +234,11 @@ def modelbuild_row(label: str, project: Path, variants: list[str], work: Path, t
     run = measure(label, cmd, ROOT, work / f"log-{tag}.txt", env, cgroup)
     run.steps = steps_of(report)
     shutil.rmtree(cache, ignore_errors=True)  # the .pte files stay in out-<tag>
-    missing = [v for v in variants if not (out / v / "model.pte").exists()]
-    if run.ok and missing:
-        run.ok, run.detail = False, f"no .pte for {missing}"
-    return run, out
+    return finish(run, {v: out / v / "model.pte" for v in variants})
 
 
 def export_llm_row(label: str, paths: dict, variants: list[str], work: Path, tag: str, jobs: int, seq: int,
-                   env: dict, cgroup: Path | None) -> tuple[Run, Path]:
+                   env: dict, cgroup: Path | None) -> Run:
     out = work / f"out-{tag}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -225,10 +254,18 @@ def export_llm_row(label: str, paths: dict, variants: list[str], work: Path, tag
                      for v, (_, _, log) in zip(variants, runs)]
     except (OSError, ValueError, KeyError):
         pass
-    missing = [v for v in variants if not (out / f"{v}.pte").exists()]
+    return finish(run, {v: out / f"{v}.pte" for v in variants})
+
+
+def finish(run: Run, files: dict[str, Path]) -> Run:
+    """A row's run once measured: its commit, and the structure of every program it should have written."""
+    run.commit = checkout_commit()
+    missing = [v for v, f in files.items() if not f.exists()]
     if run.ok and missing:
         run.ok, run.detail = False, f"no .pte for {missing}"
-    return run, out
+    if run.ok:
+        read_programs(run, files)
+    return run
 
 
 def rows_of(jobs: int) -> list[str]:
@@ -264,24 +301,35 @@ def summary(title: str, rounds: list[dict[str, Run]], jobs: int, threads: int) -
 
 
 def run_round(i: int, variants: list[str], project: Path, paths: dict, work: Path, args, cgroup: Path | None
-              ) -> tuple[dict[str, Run], dict[str, Path]]:
+              ) -> dict[str, Run]:
     jobs, threads = args.jobs, args.threads
     envs = {n: {**os.environ, "OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), "PYTHONUNBUFFERED": "1"}
             for n in {max(1, threads // jobs), threads}}
     par, seq = envs[max(1, threads // jobs)], envs[threads]
     mbp, etp, mb1, ets = rows_of(jobs)
     plan = {
-        mbp: lambda: modelbuild_row(mbp, project, variants, work, "mb-par", jobs, par, cgroup),
-        etp: lambda: export_llm_row(etp, paths, variants, work, "et-par", jobs, args.max_seq_len, par, cgroup),
-        mb1: lambda: modelbuild_row(mb1, project, variants, work, "mb-seq", 1, seq, cgroup),
-        ets: lambda: export_llm_row(ets, paths, variants, work, "et-seq", 1, args.max_seq_len, seq, cgroup),
+        mbp: ("mb-par", lambda: modelbuild_row(mbp, project, variants, work, "mb-par", jobs, par, cgroup)),
+        etp: ("et-par", lambda: export_llm_row(etp, paths, variants, work, "et-par", jobs, args.max_seq_len, par,
+                                               cgroup)),
+        mb1: ("mb-seq", lambda: modelbuild_row(mb1, project, variants, work, "mb-seq", 1, seq, cgroup)),
+        ets: ("et-seq", lambda: export_llm_row(ets, paths, variants, work, "et-seq", 1, args.max_seq_len, seq,
+                                               cgroup)),
     }
     order = list(plan) if i % 2 == 0 else list(reversed(plan))
-    runs, outs = {}, {}
+    runs = {}
     for label in order:
-        runs[label], outs[label] = plan[label]()
-        print(run_line(i, runs[label]), flush=True)
-    return runs, outs
+        slug, row = plan[label]
+        tag = (f"matrix-{args.size}-seq{args.max_seq_len}-j{jobs}-omp{threads}-{'+'.join(variants)}"
+               f"-round{i}-{slug}")
+        earlier = recorded(args.records, tag) if args.resume else None
+        if earlier is None:
+            (args.records / f"run-{tag}.json").unlink(missing_ok=True)
+            run = row()
+            args.records.mkdir(parents=True, exist_ok=True)
+            (args.records / f"run-{tag}.json").write_text(json.dumps(asdict(run), indent=1))
+        runs[label] = earlier or run
+        print(run_line(i, runs[label]) + ("  (recorded)" if earlier else ""), flush=True)
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,10 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cgroup", type=Path, help="a writable cgroup directory: one child cgroup per run, its peak printed")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--records", type=Path, help="where each row's record is written (default: --workdir)")
+    parser.add_argument("--resume", action="store_true",
+                        help="read back the rows already recorded in --records instead of running them again")
     args = parser.parse_args(argv)
 
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    args.records = (args.records or work).resolve()
     paths = prepare("smollm2-fp32", args.size, work)  # the SmolLM2 weights in both layouts, written once
     project = Path(paths["project"])
     (project / "recipes").mkdir(parents=True, exist_ok=True)
@@ -312,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     structure: list[str] = []
     i = 0
     while len(rounds) < args.pairs:
-        runs, outs = run_round(i, variants, project, paths, work, args, args.cgroup)
+        runs = run_round(i, variants, project, paths, work, args, args.cgroup)
         mbp, etp, mb1, _ = rows_of(args.jobs)
-        verdict, structure = compare_variants(outs[mbp], outs[etp], outs[mb1], variants)
+        verdict, structure = compare_variants(runs[mbp], runs[etp], runs[mb1], variants)
         print(f"\nround {i}: the .pte files of {mbp} and {etp}, per variant:", *structure, sep="\n", flush=True)
         i += 1
         if not decided:
@@ -332,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     if args.json:
         args.json.write_text(json.dumps({"variants": variants, "rounds": [
-            {k: r.__dict__ for k, r in runs.items()} for runs in rounds]}, indent=2, default=str))
+            {k: asdict(r) for k, r in runs.items()} for runs in rounds]}, indent=2, default=str))
     print("\nthe .pte files of the last round, per variant:", *structure, sep="\n")
     print("\n".join(summary(f"matrix {', '.join(variants)} ({args.size})", rounds, args.jobs, args.threads)))
     return 0 if all(r.ok for runs in rounds for r in runs.values()) else 1
