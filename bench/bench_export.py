@@ -78,6 +78,7 @@ from bench_pairs import (  # noqa: E402
     read_structures,
     recorded,
     run_line,
+    save_record,
     steps_of,
 )
 from llm_inputs import MATRIX, PY, ROOT  # noqa: E402
@@ -191,9 +192,13 @@ def read_programs(run: Run, files: dict[str, Path]) -> None:
     except RuntimeError as err:
         run.ok, run.detail = False, f"structure: {err}"
         return
-    run.structure = {v: {"structure": st, "coreml": coreml.get(v),
-                         "sha256": hashlib.sha256(files[v].read_bytes()).hexdigest()}
+    run.structure = {v: {"structure": st, "coreml": coreml.get(v), "sha256": sha256_of(files[v])}
                      for v, st in zip(files, structures)}
+
+
+def sha256_of(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()  # streamed: a 135M fp32 .pte is 650 MB
 
 
 def compare_variants(mb: Run, et: Run, mb_j1: Run | None, variants: list[str]) -> tuple[dict, list[str]]:
@@ -325,8 +330,7 @@ def run_round(i: int, variants: list[str], project: Path, paths: dict, work: Pat
         if earlier is None:
             (args.records / f"run-{tag}.json").unlink(missing_ok=True)
             run = row()
-            args.records.mkdir(parents=True, exist_ok=True)
-            (args.records / f"run-{tag}.json").write_text(json.dumps(asdict(run), indent=1))
+            save_record(args.records, tag, run)
         runs[label] = earlier or run
         print(run_line(i, runs[label]) + ("  (recorded)" if earlier else ""), flush=True)
     return runs

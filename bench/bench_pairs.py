@@ -339,9 +339,14 @@ def run_tool(tool: str, config: str, paths: dict, work: Path, records: Path, tag
             run.structure = read_structures(run.pte)[0]
         except RuntimeError as err:
             run.detail = f"structure: {err}"
+    save_record(records, tag, run)
+    return run
+
+
+def save_record(records: Path, tag: str, run: Run) -> None:
+    """Write ``run`` as the record ``tag`` (what :func:`recorded` reads back)."""
     records.mkdir(parents=True, exist_ok=True)
     (records / f"run-{tag}.json").write_text(json.dumps(asdict(run), indent=1))
-    return run
 
 
 # -- structural comparison of two .pte files ---------------------------------------------------
