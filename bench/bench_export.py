@@ -55,7 +55,6 @@ load averages printed with every run say whether it was).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -82,6 +81,8 @@ from bench_pairs import (  # noqa: E402
     steps_of,
 )
 from llm_inputs import MATRIX, PY, ROOT  # noqa: E402
+
+from modelbuild.ml.download import file_sha256  # noqa: E402  (streamed: a 135M fp32 .pte is 650 MB)
 
 #: Runs ``spec["runs"]`` ([cmd, cwd, log] each) ``spec["jobs"]`` at a time; per-run wall and exit code to ``spec["result"]``.
 LAUNCHER = """
@@ -192,13 +193,8 @@ def read_programs(run: Run, files: dict[str, Path]) -> None:
     except RuntimeError as err:
         run.ok, run.detail = False, f"structure: {err}"
         return
-    run.structure = {v: {"structure": st, "coreml": coreml.get(v), "sha256": sha256_of(files[v])}
+    run.structure = {v: {"structure": st, "coreml": coreml.get(v), "sha256": file_sha256(files[v])}
                      for v, st in zip(files, structures)}
-
-
-def sha256_of(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()  # streamed: a 135M fp32 .pte is 650 MB
 
 
 def compare_variants(mb: Run, et: Run, mb_j1: Run | None, variants: list[str]) -> tuple[dict, list[str]]:
