@@ -51,7 +51,7 @@ from .pool import Workers
 from .outcome import STATUSES, Blocker, BuildResult, Decision, Kind, Prepared, Status, TargetResult
 from .fingerprint import StepCode
 from .resolve import Resolver
-from .schedule import Claim, CoreShare, critical_path
+from .schedule import Claim, CoreShare, ReadyOrder, critical_path
 from .store import ActionRecord, Store
 
 __all__ = ["Engine", "TargetResult", "BuildResult", "Event", "Prepared", "Decision", "Kind", "Status", "STATUSES"]
@@ -344,8 +344,7 @@ class Engine(LazyInputs):
         # records, in two queries instead of two per target (store.prefetch).
         self.store.prefetch([entry["key"] for entry in map(self.history.known, order)
                              if entry and isinstance(entry.get("key"), str)])
-        position = {name: i for i, name in enumerate(order)}
-        priority = {name: (-rank[name], position[name]) for name in order}
+        ready_order = ReadyOrder(order, rank, self.graph.producers, serial=self.jobs == 1)
         # Producers each target still waits for: counted down as results come
         # in, so that picking the ready targets costs O(ready), not O(targets).
         unfinished = {name: len(self.graph.producers(name)) for name in order}
@@ -354,6 +353,7 @@ class Engine(LazyInputs):
 
         def finished(name: str) -> None:
             self.executor.settled(name)  # e.g. a fused session drops a value no consumer will take
+            ready_order.finished(name)
             for consumer in self.graph.consumers(name):
                 if consumer in unfinished:
                     unfinished[consumer] -= 1
@@ -361,8 +361,8 @@ class Engine(LazyInputs):
                         ready.append(consumer)
 
         while pending or running:
-            # Longest remaining chain first; ties keep the stable topological order.
-            ready.sort(key=priority.__getitem__)
+            # Longest remaining chain first (at -j 1: depth first); ties keep the topological order.
+            ready.sort(key=ready_order.key)
             starting: list[str] = []
             for name in list(ready):
                 node = self.graph.nodes[name]

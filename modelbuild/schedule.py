@@ -10,6 +10,13 @@ Two small policies, kept apart from the engine's hit/miss logic:
   that only feed a package. A target's cost is the time its step took the last
   time it ran (from the build history), or 1 when it never ran, so a cold
   build ranks by depth.
+- :class:`ReadyOrder` applies that rank to the ready targets. With one job at
+  a time the order cannot shorten the build, only change what is held in
+  memory, so there the consumers of the target that finished last go first
+  (depth first): a fused session's kept program is taken by its consumer
+  before another chain's producer starts a second session that holds a
+  second program (two such sessions at once doubled ``-j 1``'s memory on the
+  135M matrix).
 - :class:`CoreShare` splits the machine's cores between the step processes
   running at once. Each step runs in its own process, and torch in each
   process would otherwise start one OpenMP thread per core: two steps on two
@@ -32,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-__all__ = ["Claim", "CoreShare", "critical_path"]
+__all__ = ["Claim", "CoreShare", "ReadyOrder", "critical_path"]
 
 # How long a step that must run waits for its siblings to decide hit or miss.
 # Deciding is hashing and a lookup (milliseconds); the bound only matters when
@@ -51,6 +58,30 @@ def critical_path(order: list[str], consumers: Callable[[str], Iterable[str]], c
         after = [rank[c] for c in consumers(name) if c in wanted]
         rank[name] = cost(name) + max(after, default=0.0)
     return rank
+
+
+class ReadyOrder:
+    """The sort key of ready targets: longest chain first, or depth first when ``serial``.
+
+    ``rank`` is :func:`critical_path`'s; ties keep ``order`` (topological).
+    Call :meth:`finished` as each target finishes.
+    """
+
+    def __init__(self, order: list[str], rank: dict[str, float],
+                 producers: Callable[[str], Iterable[str]], *, serial: bool) -> None:
+        self._base = {name: (-rank[name], i) for i, name in enumerate(order)}
+        self._producers = producers
+        self._serial = serial
+        self._finished: dict[str, int] = {}
+
+    def finished(self, name: str) -> None:
+        self._finished[name] = len(self._finished) + 1
+
+    def key(self, name: str) -> tuple[float, ...]:
+        if not self._serial:
+            return self._base[name]
+        newest = max((self._finished.get(p, 0) for p in self._producers(name)), default=0)
+        return (-newest, *self._base[name])
 
 
 class CoreShare:

@@ -102,6 +102,28 @@ suffix = "2"
 
 
 @pytest.mark.slow
+def test_one_job_at_a_time_holds_one_chain_in_memory(fz):
+    # Two chains from a: b -> c and b2 -> c2. At -j 1 a chain is finished
+    # before the next starts, so one session runs all four steps and never
+    # holds b's value while b2 starts a second session with a second value.
+    fz.recipe(CHAIN + """
+[targets.b2]
+step = "fz-append"
+inputs = { src = "a" }
+suffix = "B"
+
+[targets.c2]
+step = "fz-append"
+inputs = { src = "b2" }
+suffix = "C"
+""")
+    result = fz.build("c", "c2", jobs=1)
+    logs = {n: log_of(result, n) for n in ("b", "c", "b2", "c2")}
+    assert "got memory" in logs["c"] and "got memory" in logs["c2"]
+    assert len({_pid(log) for log in logs.values()}) == 1
+
+
+@pytest.mark.slow
 def test_kill_minus_9_during_a_fused_chain_leaves_the_cache_consistent(fz):
     from modelbuild.api import plan
     from modelbuild.store import Store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from modelbuild.schedule import CoreShare, critical_path
+from modelbuild.schedule import CoreShare, ReadyOrder, critical_path
 
 
 def test_critical_path_ranks_by_the_costliest_chain_after_a_target():
@@ -26,6 +26,38 @@ def test_critical_path_ranks_by_the_costliest_chain_after_a_target():
     assert timed["export"] == 302
     # Consumers outside the build are ignored.
     assert critical_path(["pkg-4bit"], lambda n: ["elsewhere"], lambda n: 2.0) == {"pkg-4bit": 2.0}
+
+
+def _start_order(serial: bool) -> list[str]:
+    """The order one-at-a-time starts take in the 135M matrix's graph (as Engine._schedule picks)."""
+    edges = {
+        "ckpt": ["export", "export-static"],
+        "export": ["q8da4w", "xnnpack-fp32"],
+        "q8da4w": ["xnnpack-8da4w"],
+        "export-static": ["coreml-fp32", "coreml-b4w"],
+    }
+    producers = {c: [p for p, cs in edges.items() if c in cs] for c in sum(edges.values(), [])}
+    order = ["ckpt", "export", "export-static", "q8da4w", "xnnpack-fp32", "xnnpack-8da4w", "coreml-fp32", "coreml-b4w"]
+    rank = critical_path(order, lambda n: edges.get(n, []), lambda n: 1.0)
+    keys = ReadyOrder(order, rank, lambda n: producers.get(n, []), serial=serial)
+    ready, started = ["ckpt"], []
+    while ready:
+        name = min(ready, key=keys.key)
+        ready.remove(name)
+        started.append(name)
+        keys.finished(name)
+        ready += [c for c in edges.get(name, []) if all(p in started for p in producers[c])]
+    return started
+
+
+def test_one_job_at_a_time_finishes_a_chain_before_starting_another():
+    # In parallel: the longest chain first, so export-static (rank 2) starts
+    # while export's program is still held for xnnpack-fp32 and q8da4w.
+    assert _start_order(serial=False) == [
+        "ckpt", "export", "export-static", "q8da4w", "xnnpack-fp32", "xnnpack-8da4w", "coreml-fp32", "coreml-b4w"]
+    # One at a time: the consumers of what finished last go first (depth first).
+    assert _start_order(serial=True) == [
+        "ckpt", "export", "q8da4w", "xnnpack-8da4w", "xnnpack-fp32", "export-static", "coreml-fp32", "coreml-b4w"]
 
 
 def _run_together(share: CoreShare, decisions: list[bool]) -> tuple[list[int | None], list]:
