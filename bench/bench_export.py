@@ -31,7 +31,10 @@ operators, memory plan; for Core ML also what is inside the delegate: the
 compile specs and the Core ML program's operations by type). A Core ML
 variant whose two programs are not the same is left out: the series then
 starts again on the variants that are (the first round is printed, not
-counted). ``--variants`` picks fewer variants (the Core ML check still applies).
+counted). ``--variants`` picks fewer variants (the Core ML check still applies);
+``--parallel-only`` runs only ``mb -jN`` and ``et parN`` in each round (the
+target's comparison: re-measuring it after a change to modelbuild takes half
+the time).
 
 Usage::
 
@@ -285,13 +288,15 @@ def summary(title: str, rounds: list[dict[str, Run]], jobs: int, threads: int) -
             lines.append(run_line(i, run))
     for a, b, note in ((mbp, etp, "equal parallelism: the target"), (mbp, ets, "the earlier comparison"),
                        (mb1, ets, "both one at a time")):
-        good = [(r[a], r[b]) for r in rounds if r[a].ok and r[b].ok]
+        if not any(a in r and b in r for r in rounds):
+            continue  # --parallel-only
+        good = [(r[a], r[b]) for r in rounds if a in r and b in r and r[a].ok and r[b].ok]
         if good:
             lines += ratio_lines(good, f"{a} / {b} ({note})")
         else:
             lines.append(f"  {a} / {b}: no round where both succeeded")
     for label in (mbp, etp, mb1, ets):
-        ok = [r[label] for r in rounds if r[label].ok]
+        ok = [r[label] for r in rounds if label in r and r[label].ok]
         if not ok:
             continue
         median = sorted(ok, key=lambda r: r.wall_s)[(len(ok) - 1) // 2]
@@ -316,6 +321,8 @@ def run_round(i: int, variants: list[str], project: Path, paths: dict, work: Pat
         ets: ("et-seq", lambda: export_llm_row(ets, paths, variants, work, "et-seq", 1, args.max_seq_len, seq,
                                                cgroup)),
     }
+    if args.parallel_only:
+        del plan[mb1], plan[ets]
     order = list(plan) if i % 2 == 0 else list(reversed(plan))
     runs = {}
     for label in order:
@@ -347,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=Path, help="where each row's record is written (default: --workdir)")
     parser.add_argument("--resume", action="store_true",
                         help="read back the rows already recorded in --records instead of running them again")
+    parser.add_argument("--parallel-only", action="store_true",
+                        help="run only the two rows of the target's comparison (mb -jN, et parN), e.g. after a change "
+                        "to modelbuild; use another --records directory for such a series")
     args = parser.parse_args(argv)
 
     work = args.workdir.resolve()
@@ -366,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     while len(rounds) < args.pairs:
         runs = run_round(i, variants, project, paths, work, args, args.cgroup)
         mbp, etp, mb1, _ = rows_of(args.jobs)
-        verdict, structure = compare_variants(runs[mbp], runs[etp], runs[mb1], variants)
+        verdict, structure = compare_variants(runs[mbp], runs[etp], runs.get(mb1), variants)
         print(f"\nround {i}: the .pte files of {mbp} and {etp}, per variant:", *structure, sep="\n", flush=True)
         i += 1
         if not decided:

@@ -21,7 +21,9 @@ Usage::
     .venv/bin/python bench/profile_lower.py --size tiny --variant xnnpack-8da4w --workdir /tmp/prof-tiny  # smoke test
 
 ``OMP_NUM_THREADS`` is ``--threads`` (default 1: two profiles may run side by
-side on two cores). py-spy comes with the ``test`` extra. The raw stacks are
+side on two cores). py-spy samples without pausing the process unless
+``--blocking`` (py-spy's own default, which about doubled the run's time
+here). py-spy comes with the ``test`` extra. The raw stacks are
 kept in the work directory (``profile-<tool>-<variant>.raw``) for a closer
 look (``--from-raw`` re-reads one without running anything).
 """
@@ -161,11 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rate", type=float, default=20.0, help="py-spy samples per second")
+    parser.add_argument("--blocking", action="store_true",
+                        help="pause the process for each sample (py-spy's default; slows the run about 2x here)")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--from-raw", type=Path, help="only read this raw profile (written by an earlier run)")
     args = parser.parse_args(argv)
 
-    title = f"{args.tool}, {args.variant} ({args.size}), py-spy at {args.rate:g} Hz, OMP_NUM_THREADS={args.threads}"
+    title = (f"{args.tool}, {args.variant} ({args.size}), py-spy at {args.rate:g} Hz"
+             f"{' (blocking)' if args.blocking else ''}, OMP_NUM_THREADS={args.threads}")
     if args.from_raw:
         print("\n".join(table(read_raw(args.from_raw), args.rate, None, title)))
         return 0
@@ -197,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         cwd = out
     start = time.perf_counter()
     with open(log, "w") as f:
-        done = subprocess.run([spy, "record", "--rate", f"{args.rate:g}", "--format", "raw", "--full-filenames",
-                               "--subprocesses", "--output", str(raw), "--", *cmd],
+        spy_args = ["record", "--rate", f"{args.rate:g}", "--format", "raw", "--full-filenames", "--subprocesses",
+                    "--output", str(raw)] + ([] if args.blocking else ["--nonblocking"])
+        done = subprocess.run([spy, *spy_args, "--", *cmd],
                               cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     if done.returncode != 0:

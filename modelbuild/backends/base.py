@@ -116,7 +116,10 @@ class Backend:
         """Adjust the exported program in place before lowering (values unchanged)."""
 
     def lowering(self, params: BackendParams) -> ContextManager:
-        """A context around the whole lowering (e.g. deterministic delegate blobs)."""
+        """A context around the whole lowering (e.g. deterministic delegate blobs).
+
+        It may yield a list that it fills, by the end of the block, with lines for the step log.
+        """
         return contextlib.nullcontext()
 
     def passes(self, params: BackendParams) -> list:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import os
+from typing import Iterator, Literal
 
 from pydantic import Field
 
@@ -49,6 +51,12 @@ class Xnnpack(Backend):
             ) from None
         return partitioners
 
+    def lowering(self, params):
+        # MODELBUILD_XNNPACK_SKIP_RETRACES=0 runs every re-trace (for comparisons: the bytes are the same).
+        if os.environ.get("MODELBUILD_XNNPACK_SKIP_RETRACES", "1") == "0":
+            return contextlib.nullcontext()
+        return _skipping_idle_retraces()
+
     def notes(self, params, info, partition):
         left = partition["portable"].get("aten.linear.default", 0)
         if info.quantization and info.dtype == "bf16" and left and not params.xnnpack_bf16:
@@ -57,3 +65,17 @@ class Xnnpack(Backend):
                 "(set xnnpack_bf16 = true to delegate them)"
             )
         return ""
+
+
+@contextlib.contextmanager
+def _skipping_idle_retraces() -> Iterator[list[str]]:
+    """XNNPACK's preprocess without its idle re-traces (:mod:`modelbuild.ml.retrace`); one log line."""
+    from modelbuild.ml.retrace import skip_idle_retraces
+
+    lines: list[str] = []
+    with skip_idle_retraces() as counts:
+        yield lines
+    total = counts["skipped"] + counts["ran"]
+    if total:
+        lines.append(f"XNNPACK passes: {counts['skipped']} of {total} partition re-traces skipped "
+                     "(the pass had changed nothing)")

@@ -13,7 +13,6 @@ Example::
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -91,9 +90,9 @@ def place(src: Path, dst: Path, *, link: bool = True) -> str:
 
 def describe(path: Path) -> dict[str, Any]:
     """``{"sha256": ..., "size": ...}`` of a file."""
-    with open(path, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    return {"sha256": digest, "size": path.stat().st_size}
+    from .download import file_sha256  # the one streamed sha256 of a file (download's checks use it too)
+
+    return {"sha256": file_sha256(path), "size": path.stat().st_size}
 
 
 def detect_format(names: list[str]) -> str | None:

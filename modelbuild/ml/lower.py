@@ -168,7 +168,7 @@ def lower_program(
     backend, params = options.resolved()
     partitioners = backend.partitioners(params, info, log)
     backend.prepare(ep, params)
-    with backend.lowering(params), torch.no_grad(), no_stack_traces():
+    with backend.lowering(params) as backend_notes, torch.no_grad(), no_stack_traces():
         with decompose_once() as skipped:  # what export already ran is not run again (same bytes)
             edge = to_edge_transform_and_lower(
                 ep,
@@ -204,4 +204,5 @@ def lower_program(
             from .profile.etrecord import save_etrecord
 
             save_etrecord(program.get_etrecord(), etrecord)
+    log.extend(backend_notes or [])
     return LowerResult(size=Path(out).stat().st_size, partition=partition, log=log)
