@@ -22,8 +22,8 @@ Usage::
 
 ``OMP_NUM_THREADS`` is ``--threads`` (default 1: two profiles may run side by
 side on two cores). py-spy samples without pausing the process unless
-``--blocking`` (py-spy's own default, which about doubled the run's time
-here). py-spy comes with the ``test`` extra. The raw stacks are
+``--blocking`` (py-spy's own default, which stops the process at each
+sample). py-spy comes with the ``test`` extra. The raw stacks are
 kept in the work directory (``profile-<tool>-<variant>.raw``) for a closer
 look (``--from-raw`` re-reads one without running anything).
 """
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rate", type=float, default=20.0, help="py-spy samples per second")
     parser.add_argument("--blocking", action="store_true",
-                        help="pause the process for each sample (py-spy's default; slows the run about 2x here)")
+                        help="pause the process for each sample (py-spy's default; a little slower)")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--from-raw", type=Path, help="only read this raw profile (written by an earlier run)")
     args = parser.parse_args(argv)
