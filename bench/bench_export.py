@@ -364,8 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     args.records = (args.records or work).resolve()
     paths = prepare("smollm2-fp32", args.size, work)  # the SmolLM2 weights in both layouts, written once
     project = Path(paths["project"])
-    (project / "recipes").mkdir(parents=True, exist_ok=True)
-    (project / "recipes" / "bench.toml").write_text(llm_inputs.RECIPE.format(seq=args.max_seq_len))
+    llm_inputs.write_recipe(project, args.max_seq_len)
     print(f"work dir {work}; {os.cpu_count()} cores; --jobs {args.jobs}, --threads {args.threads}", flush=True)
 
     variants = list(args.variants or MATRIX)

@@ -265,8 +265,7 @@ def modelbuild_cmd(config: str, paths: dict, work: Path, tag: str, seq: int) -> 
         pte = out / target / "model.pte"
     else:
         project = Path(paths["project"])
-        (project / "recipes").mkdir(parents=True, exist_ok=True)
-        (project / "recipes" / "bench.toml").write_text(llm_inputs.RECIPE.format(seq=seq))
+        llm_inputs.write_recipe(project, seq)
         target = "xnnpack-fp32" if config == "smollm2-fp32" else "xnnpack-8da4w"
         sets = {}
         pte = out / target / "model.pte"

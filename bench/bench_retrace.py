@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     paths = prepare("smollm2-fp32", args.size, work)
     project = Path(paths["project"])
-    (project / "recipes").mkdir(parents=True, exist_ok=True)
-    (project / "recipes" / "bench.toml").write_text(llm_inputs.RECIPE.format(seq=args.max_seq_len))
+    llm_inputs.write_recipe(project, args.max_seq_len)
     target = PROGRAM_OF[args.variant]
     built = work / "out-program"
     if not (built / target).exists():

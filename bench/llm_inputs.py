@@ -110,6 +110,14 @@ coreml_quantize = "b4w"
 """
 
 
+def write_recipe(project: Path, seq: int) -> str:
+    """Write RECIPE (``max_seq_len = seq``) as the project's ``recipes/bench.toml``; return its text."""
+    recipe = RECIPE.format(seq=seq)
+    (project / "recipes").mkdir(parents=True, exist_ok=True)
+    (project / "recipes" / "bench.toml").write_text(recipe)
+    return recipe
+
+
 def export_llm_cmd(variant: str, meta: Path, out: Path, metadata: dict, seq: int, model_class: str) -> list[str]:
     """export_llm for one of MATRIX, writing ``out/<variant>.pte`` (run it with cwd=out: hydra writes outputs/ there)."""
     args = [

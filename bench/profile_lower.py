@@ -183,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     raw, log = work / f"profile-{args.tool}-{args.variant}.raw", work / f"profile-{args.tool}-{args.variant}.log"
     if args.tool == "modelbuild":
         project = Path(paths["project"])
-        recipe = llm_inputs.RECIPE.format(seq=args.max_seq_len)
-        (project / "recipes").mkdir(parents=True, exist_ok=True)
-        (project / "recipes" / "bench.toml").write_text(recipe)
+        recipe = llm_inputs.write_recipe(project, args.max_seq_len)
         cache, out = work / "cache", work / "out"
         for d in (cache, out):
             shutil.rmtree(d, ignore_errors=True)

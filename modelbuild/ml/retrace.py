@@ -72,6 +72,7 @@ def skip_idle_retraces() -> Iterator[dict[str, int]]:
     """
     from executorch.backends.xnnpack._passes import XNNPACKPassManager
     from executorch.exir.pass_base import ExportPass, _ExportPassBase
+    from torch.fx.passes.infra.pass_base import PassResult
 
     counts = {"skipped": 0, "ran": 0}
     retrace, transform = _ExportPassBase.call, XNNPACKPassManager.transform
@@ -85,8 +86,6 @@ def skip_idle_retraces() -> Iterator[dict[str, int]]:
         known = traced.get(graph)
         if known is not None and known == graph_signature(graph):
             counts["skipped"] += 1
-            from torch.fx.passes.infra.pass_base import PassResult
-
             return PassResult(graph_module, True)
         result = retrace(self, graph_module)
         counts["ran"] += 1
